@@ -1,0 +1,1 @@
+"""Runtime core of the allocator: actions, features, policies, the dual controller."""

@@ -1,0 +1,251 @@
+"""Dual controller: owns the price ``lambda`` and holds the mean cost at the budget.
+
+After each request the price takes a projected dual-ascent step on the measured cost::
+
+    additive:        lambda <- max(0, lambda + step_size * price_scale * (c - B) / B)
+    multiplicative:  lambda <- lambda * exp(step_size * (c - B) / B)   (dual mirror descent)
+
+(Balseiro, Lu, Mirrokni, "Dual Mirror Descent for Online Allocation Problems", 2020.)
+A request reserves its expected cost when it is dispatched, and the step is corrected by the
+difference when its measured cost arrives, so a burst of concurrent requests moves the price
+before any of them finishes. A new budget jumps the price to the policy's cost curve and counts
+the requests still in flight against the new budget.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import tempfile
+from collections import deque
+from pathlib import Path
+from typing import Any, Literal
+
+import msgpack
+
+from online.cost_curve import CostCurve
+
+__all__ = ["DualController", "validate_budget"]
+
+logger = logging.getLogger(__name__)
+
+UpdateRule = Literal["additive", "multiplicative"]
+_SNAPSHOT_VERSION = 1
+
+
+def validate_budget(budget: Any) -> float:
+    """Return ``budget`` as a float; raise `ValueError` unless it is finite and positive."""
+    if isinstance(budget, bool) or not isinstance(budget, int | float):
+        raise ValueError(f"budget must be a number, got {budget!r}")
+    value = float(budget)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"budget must be a positive finite number, got {budget!r}")
+    return value
+
+
+class DualController:
+    """Price controller for a mean-cost budget.
+
+    Parameters
+    ----------
+    budget
+        Target mean cost per request, in ``unit``.
+    cost_curve
+        The policy's mean cost against the price, for warm starts and retargets.
+    step_size
+        Dimensionless step; the additive rule multiplies it by ``price_scale``.
+    price_scale
+        Typical size of the price, so that one step size suits any cost unit.
+    rule
+        ``"additive"`` (projected dual ascent) or ``"multiplicative"`` (dual mirror descent).
+    window
+        Number of recent requests in ``window_mean_cost``.
+
+    Examples
+    --------
+    >>> curve = CostCurve.from_points([0.0, 0.1], [5.0, 1.0])
+    >>> ctl = DualController(budget=3.0, cost_curve=curve, step_size=0.5, price_scale=0.1)
+    >>> ctl.lambda_
+    0.05
+    >>> ticket = ctl.reserve(3.0)
+    >>> ctl.complete(ticket, 6.0, "vote@5")
+    >>> round(ctl.lambda_, 6)  # overspent by 100%: one step of 0.5 * 0.1
+    0.1
+    """
+
+    def __init__(
+        self,
+        budget: float,
+        cost_curve: CostCurve | None = None,
+        step_size: float = 0.05,
+        price_scale: float = 1.0,
+        rule: UpdateRule = "additive",
+        window: int = 500,
+        unit: str = "samples",
+    ) -> None:
+        self.budget = validate_budget(budget)
+        self.cost_curve = cost_curve
+        self.step_size = self._validate_step(step_size)
+        if not (math.isfinite(price_scale) and price_scale > 0):
+            raise ValueError(f"price_scale must be positive, got {price_scale!r}")
+        self.price_scale = float(price_scale)
+        if rule not in ("additive", "multiplicative"):
+            raise ValueError(f"rule must be 'additive' or 'multiplicative', got {rule!r}")
+        self.rule: UpdateRule = rule
+        self.unit = unit
+        self.lambda_ = self._warm_price(self.budget)
+        self.requests_ = 0
+        self.total_cost_ = 0.0
+        self.requests_since_budget_ = 0
+        self.cost_since_budget_ = 0.0
+        self.window_: deque[float] = deque(maxlen=window)
+        self.actions_: dict[str, int] = {}
+        self._in_flight: dict[int, float] = {}
+        self._tickets = itertools.count()
+
+    @staticmethod
+    def _validate_step(step_size: Any) -> float:
+        if isinstance(step_size, bool) or not isinstance(step_size, int | float):
+            raise ValueError(f"step_size must be a number, got {step_size!r}")
+        if not (math.isfinite(step_size) and step_size > 0):
+            raise ValueError(f"step_size must be a positive finite number, got {step_size!r}")
+        return float(step_size)
+
+    def _warm_price(self, budget: float) -> float:
+        if self.cost_curve is None:
+            return self.price_scale
+        return self.cost_curve.price_for(budget)
+
+    def _step(self, delta_cost: float) -> None:
+        """Move the price by the overspend ``delta_cost`` (negative when under budget)."""
+        error = delta_cost / self.budget
+        if self.rule == "additive":
+            self.lambda_ = max(0.0, self.lambda_ + self.step_size * self.price_scale * error)
+        else:
+            floor = 1e-6 * self.price_scale
+            self.lambda_ = max(floor, self.lambda_) * math.exp(self.step_size * error)
+
+    def reserve(self, expected_cost: float) -> int:
+        """Register a dispatched request with its expected cost; return its ticket."""
+        ticket = next(self._tickets)
+        self._in_flight[ticket] = float(expected_cost)
+        self._step(float(expected_cost) - self.budget)
+        return ticket
+
+    def complete(self, ticket: int, cost: float, action: str) -> None:
+        """Record a finished request's measured cost and correct the reserved step.
+
+        An unknown ticket (for example one issued before a restart) counts as a request that
+        reserved nothing.
+        """
+        expected = self._in_flight.pop(ticket, None)
+        if expected is None:
+            self._step(cost - self.budget)
+        else:
+            self._step(cost - expected)
+        self.requests_ += 1
+        self.total_cost_ += cost
+        self.requests_since_budget_ += 1
+        self.cost_since_budget_ += cost
+        self.window_.append(cost)
+        self.actions_[action] = self.actions_.get(action, 0) + 1
+
+    def set_budget(self, budget: float) -> None:
+        """Retarget: jump to the cost curve's price for ``budget``, then correct from there.
+
+        Requests in flight count against the new budget, because they finish after the change.
+        """
+        new = validate_budget(budget)
+        old, old_lambda = self.budget, self.lambda_
+        self.budget = new
+        self.lambda_ = self._warm_price(new)
+        for expected in self._in_flight.values():
+            self._step(expected - new)
+        self.requests_since_budget_ = 0
+        self.cost_since_budget_ = 0.0
+        logger.info(
+            "budget changed from %s to %s; lambda from %.6g to %.6g",
+            old,
+            new,
+            old_lambda,
+            self.lambda_,
+        )
+
+    def set_step_size(self, step_size: float) -> None:
+        old = self.step_size
+        self.step_size = self._validate_step(step_size)
+        if old != self.step_size:
+            logger.info("step_size changed from %s to %s", old, self.step_size)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def stats(self) -> dict[str, Any]:
+        """Return the counters that ``GET /v1/stats`` reports."""
+        return {
+            "requests": self.requests_,
+            "mean_cost": self.total_cost_ / self.requests_ if self.requests_ else 0.0,
+            "window_mean_cost": sum(self.window_) / len(self.window_) if self.window_ else 0.0,
+            "budget": self.budget,
+            "lambda": self.lambda_,
+            "unit": self.unit,
+            "in_flight": self.in_flight,
+            "requests_since_budget": self.requests_since_budget_,
+            "mean_cost_since_budget": (
+                self.cost_since_budget_ / self.requests_since_budget_
+                if self.requests_since_budget_
+                else 0.0
+            ),
+            "actions": dict(self.actions_),
+        }
+
+    def snapshot(self) -> bytes:
+        """Serialise the state that a restart must keep (msgpack)."""
+        return msgpack.packb(
+            {
+                "version": _SNAPSHOT_VERSION,
+                "budget": self.budget,
+                "lambda": self.lambda_,
+                "step_size": self.step_size,
+                "rule": self.rule,
+                "requests": self.requests_,
+                "total_cost": self.total_cost_,
+                "requests_since_budget": self.requests_since_budget_,
+                "cost_since_budget": self.cost_since_budget_,
+                "window": list(self.window_),
+                "actions": self.actions_,
+            }
+        )
+
+    def restore(self, blob: bytes) -> None:
+        """Load a state written by `snapshot`; requests in flight at that time are forgotten."""
+        state = msgpack.unpackb(blob)
+        if not isinstance(state, dict) or state.get("version") != _SNAPSHOT_VERSION:
+            raise ValueError("not a controller snapshot of a known version")
+        self.budget = validate_budget(state["budget"])
+        self.lambda_ = float(state["lambda"])
+        self.step_size = self._validate_step(state["step_size"])
+        self.rule = state["rule"]
+        self.requests_ = int(state["requests"])
+        self.total_cost_ = float(state["total_cost"])
+        self.requests_since_budget_ = int(state["requests_since_budget"])
+        self.cost_since_budget_ = float(state["cost_since_budget"])
+        self.window_.clear()
+        self.window_.extend(float(c) for c in state["window"])
+        self.actions_ = {str(k): int(v) for k, v in state["actions"].items()}
+
+    def save(self, path: str | Path) -> None:
+        """Write `snapshot` to ``path`` atomically (a temporary file, then a rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(self.snapshot())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)

@@ -1,0 +1,1 @@
+"""HTTP servers of the project, including the replay LLM backend in `serve.replay`."""

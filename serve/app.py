@@ -1,0 +1,375 @@
+"""The Ray Serve application: HTTP gateway, dual controller and replay backend.
+
+Request path: the gateway validates the request, computes the question's features, asks the
+policy for an action at the current price, reserves the action's cost with the controller, draws
+and votes the samples through the worker pool, and reports the billed cost to the controller.
+The policy runs inside the gateway replica, which saves a hop per request; the controller is a
+single replica because it owns the price and the budget.
+"""
+
+import asyncio
+import logging
+import uuid
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+
+from online.answers import answers_match, canonical_key
+from online.artifact import WarmStart
+from online.controller import DualController
+from online.datasets import load_dataset
+from online.features import question_features
+from online.samples import Question, read_samples
+from online.vote_accuracy import group_answers, vote_accuracy
+from serve.api import (
+    ApiError,
+    BudgetRequest,
+    FeedbackRequest,
+    SolveRequest,
+    error_response,
+    parse_body,
+)
+from serve.replay import ReplayBackend
+from serve.sampler import BackendError, SamplerPool
+from serve.settings import AppSettings, ControllerSettings, ReplaySettings
+
+__all__ = ["DualControllerDeployment", "Gateway", "ReplayDeployment", "build_app"]
+
+logger = logging.getLogger(__name__)
+
+api = FastAPI(title="ttc-allocator", summary="Budgeted test-time compute allocation")
+
+
+@api.exception_handler(ApiError)
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return error_response(exc)
+
+
+@api.exception_handler(Exception)
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(ApiError(500, "internal_error", "internal error; see the service log"))
+
+
+@serve.deployment(
+    name="DualController",
+    num_replicas=1,
+    max_ongoing_requests=1000,
+    ray_actor_options={"num_cpus": 0},
+)
+class DualControllerDeployment:
+    """Owns the price, the budget and the cost totals; snapshots them when a path is set.
+
+    ``user_config`` keys: ``budget`` and ``step_size``. A ``user_config`` budget is applied when
+    it differs from the one applied last, so a replica restarted with an unchanged config keeps
+    a budget set through the API since then (restored from the snapshot).
+    """
+
+    async def __init__(self, settings: dict[str, Any]) -> None:  # type: ignore[misc]
+        self._settings = ControllerSettings.model_validate(settings)
+        warm = WarmStart.load(self._settings.artifact)
+        self._controller = DualController(
+            budget=self._settings.budget,
+            cost_curve=warm.cost_curve,
+            step_size=self._settings.step_size,
+            price_scale=warm.price_scale,
+            rule=self._settings.rule,
+            window=self._settings.window,
+            unit=warm.unit,
+        )
+        self._config_budget: float | None = None
+        self._feedback = {"received": 0, "with_answer": 0, "correct": 0}
+        self._dirty = False
+        self._restore()
+        self._saver: asyncio.Task[None] | None = None
+        if self._settings.state_path:
+            self._saver = asyncio.get_running_loop().create_task(self._save_loop())
+        else:
+            logger.warning("controller state_path not set: lambda and totals are lost on restart")
+        logger.info(
+            "controller started: budget %s %s, lambda %.6g, rule %s",
+            self._controller.budget,
+            warm.unit,
+            self._controller.lambda_,
+            self._controller.rule,
+        )
+
+    def _restore(self) -> None:
+        path = self._settings.state_path
+        if not path:
+            return
+        try:
+            with open(path, "rb") as fh:
+                blob = fh.read()
+        except FileNotFoundError:
+            logger.info("no controller snapshot at %s; starting fresh", path)
+            return
+        self._controller.restore(blob)
+        logger.info(
+            "controller restored from %s: budget %s, lambda %.6g, %d requests",
+            path,
+            self._controller.budget,
+            self._controller.lambda_,
+            self._controller.requests_,
+        )
+
+    def _save(self) -> None:
+        if self._settings.state_path:
+            self._controller.save(self._settings.state_path)
+            self._dirty = False
+
+    async def _save_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.snapshot_interval_s)
+            if self._dirty:
+                try:
+                    self._save()
+                except OSError:
+                    logger.exception("controller snapshot to %s failed", self._settings.state_path)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        unknown = set(user_config) - {"budget", "step_size"}
+        if unknown:
+            raise ValueError(
+                f"unknown user_config keys {sorted(unknown)}; allowed: budget, step_size"
+            )
+        if "step_size" in user_config:
+            self._controller.set_step_size(user_config["step_size"])
+        budget = user_config.get("budget")
+        if budget is not None and budget != self._config_budget:
+            self._controller.set_budget(budget)
+            self._config_budget = float(budget)
+            self._save()
+
+    async def reserve(self, expected_cost: float) -> tuple[int, float]:
+        ticket = self._controller.reserve(expected_cost)
+        self._dirty = True
+        return ticket, self._controller.lambda_
+
+    async def complete(self, ticket: int, cost: float, action: str) -> float:
+        self._controller.complete(ticket, cost, action)
+        self._dirty = True
+        return self._controller.lambda_
+
+    async def get_lambda(self) -> float:
+        return self._controller.lambda_
+
+    async def get_budget(self) -> dict[str, Any]:
+        return {
+            "budget": self._controller.budget,
+            "lambda": self._controller.lambda_,
+            "unit": self._controller.unit,
+        }
+
+    async def set_budget(self, budget: float) -> dict[str, Any]:
+        self._controller.set_budget(budget)
+        self._save()
+        return await self.get_budget()
+
+    async def record_feedback(self, with_answer: bool, correct: bool) -> None:
+        self._feedback["received"] += 1
+        self._feedback["with_answer"] += int(with_answer)
+        self._feedback["correct"] += int(correct)
+
+    async def stats(self) -> dict[str, Any]:
+        out = self._controller.stats()
+        out["feedback"] = dict(self._feedback)
+        return out
+
+
+@serve.deployment(name="ReplayBackend", num_replicas=1, ray_actor_options={"num_cpus": 0})
+class ReplayDeployment:
+    """Runs the replay server (aiohttp) on its own port inside a replica."""
+
+    async def __init__(self, settings: dict[str, Any]) -> None:  # type: ignore[misc]
+        s = ReplaySettings.model_validate(settings)
+        questions: list[Question] = []
+        for name in s.datasets:
+            questions.extend(load_dataset(name))
+        for path in s.samples:
+            questions.extend(read_samples(path))
+        self._backend = ReplayBackend(
+            questions,
+            seed=s.seed,
+            latency_ms=s.latency_ms,
+            latency_per_sample_ms=s.latency_per_sample_ms,
+        )
+        await self._backend.start(s.host, s.port)
+
+    async def ready(self) -> str:
+        return self._backend.url
+
+    async def __del__(self) -> None:
+        await self._backend.stop()
+
+    async def stats(self) -> dict[str, Any]:
+        return self._backend.stats()
+
+
+def _backend_error(exc: BackendError) -> ApiError:
+    if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
+        return ApiError(422, "backend_rejected", f"the LLM backend rejected the question: {exc}")
+    if exc.status == 429:
+        return ApiError(503, "backend_overloaded", f"the LLM backend is overloaded: {exc}", 1)
+    return ApiError(502, "backend_error", f"the LLM backend failed: {exc}")
+
+
+@dataclass
+class _Remembered:
+    """Features, voted answer and sample keys of a finished request, kept for feedback."""
+
+    features: dict[str, float]
+    answer: str | None
+    keys: list[str | None]
+
+
+@serve.deployment(name="Gateway", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
+@serve.ingress(api)
+class Gateway:
+    """HTTP ingress: validation, the policy's decision, sampling, voting and cost reporting."""
+
+    async def __init__(  # type: ignore[misc]
+        self,
+        controller: DeploymentHandle,
+        replay: DeploymentHandle | None,
+        settings: dict[str, Any],
+    ) -> None:
+        self._settings = AppSettings.model_validate(settings)
+        self._controller = controller
+        self._warm = WarmStart.load(self._settings.controller.artifact)
+        self._policy = self._warm.policy
+        self._actions = self._warm.actions
+        self._memory: OrderedDict[str, _Remembered] = OrderedDict()
+        if replay is not None:
+            url = await replay.ready.remote()
+            logger.info("replay backend ready at %s", url)
+        self._pool = SamplerPool(self._settings.backend)
+        await self._pool.start()
+        self._lambda = float(await controller.get_lambda.remote())
+
+    async def __del__(self) -> None:
+        await self._pool.close()
+
+    @api.post("/v1/solve")
+    async def solve(self, request: Request) -> JSONResponse:
+        body = await parse_body(request, SolveRequest)
+        request_id = body.id or uuid.uuid4().hex
+        features = question_features(body.question, body.metadata)
+        index = self._policy.decide_one(features, self._lambda)
+        action = self._actions[index]
+
+        ticket, self._lambda = await self._controller.reserve.remote(float(action.samples))
+        seed = zlib.crc32(request_id.encode()) if self._settings.seed_from_id else None
+        try:
+            result = await self._pool.sample(body.question, action.samples, seed=seed)
+        except BackendError as exc:
+            # Nothing was billed; release the reservation.
+            await self._controller.complete.remote(ticket, 0.0, action.name)
+            raise _backend_error(exc) from None
+
+        cost = float(result.samples_used)
+        self._lambda = await self._controller.complete.remote(ticket, cost, action.name)
+        self._remember(request_id, _Remembered(features, result.answer, result.keys))
+        logger.debug(
+            "request %s: %s, cost %s, answer %s", request_id, action.name, cost, result.answer
+        )
+        return JSONResponse(
+            {
+                "id": request_id,
+                "answer": result.answer,
+                "action": {"name": action.name, "samples": action.samples},
+                "samples_used": result.samples_used,
+                "cost": cost,
+                "lambda": self._lambda,
+                "votes": result.votes,
+                "text": result.text,
+                "usage": {
+                    "prompt_tokens": result.prompt_tokens,
+                    "completion_tokens": result.completion_tokens,
+                },
+            }
+        )
+
+    def _remember(self, request_id: str, entry: _Remembered) -> None:
+        if self._settings.feedback_memory == 0:
+            return
+        self._memory[request_id] = entry
+        self._memory.move_to_end(request_id)
+        while len(self._memory) > self._settings.feedback_memory:
+            self._memory.popitem(last=False)
+
+    @api.post("/v1/feedback", status_code=202)
+    async def feedback(self, request: Request) -> JSONResponse:
+        body = await parse_body(request, FeedbackRequest)
+        entry = self._memory.get(body.id)
+        if entry is None:
+            raise ApiError(
+                404,
+                "not_found",
+                f"field 'id': no recent request with id {body.id!r} on this replica",
+            )
+        correct = False
+        if body.correct_answer is not None:
+            correct = answers_match(entry.answer, body.correct_answer)
+            if self._settings.learn_from_feedback:
+                self._learn(entry, body.correct_answer)
+        await self._controller.record_feedback.remote(body.correct_answer is not None, correct)
+        return JSONResponse({"id": body.id, "accepted": True, "correct": correct}, status_code=202)
+
+    def _learn(self, entry: _Remembered, gold: str) -> None:
+        """Train on the accuracy that each action up to the samples drawn would have had."""
+        gold_key = canonical_key(gold)
+        counts, correct, nulls = group_answers(
+            entry.keys,
+            [None] * len(entry.keys),
+            [k is not None and k == gold_key for k in entry.keys],
+        )
+        drawn = len(entry.keys)
+        values = {
+            j: vote_accuracy(counts, correct, nulls, k)
+            for j, k in enumerate(self._actions.sample_counts)
+            if k <= drawn
+        }
+        if values:
+            self._policy.learn_partial_one(entry.features, values)
+
+    @api.get("/v1/budget")
+    async def get_budget(self) -> JSONResponse:
+        return JSONResponse(await self._controller.get_budget.remote())
+
+    @api.put("/v1/budget")
+    async def put_budget(self, request: Request) -> JSONResponse:
+        body = await parse_body(request, BudgetRequest)
+        state = await self._controller.set_budget.remote(body.budget)
+        self._lambda = state["lambda"]
+        return JSONResponse(state)
+
+    @api.get("/v1/stats")
+    async def stats(self) -> JSONResponse:
+        return JSONResponse(await self._controller.stats.remote())
+
+    @api.get("/healthz")
+    async def healthz(self) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Build the application from the ``args`` of a Serve config (see `AppSettings`)."""
+    settings = AppSettings.model_validate(args or {})
+    # The deployment decorator returns a Deployment, which mypy cannot see through.
+    controller_deployment: Any = DualControllerDeployment
+    replay_deployment: Any = ReplayDeployment
+    gateway_deployment: Any = Gateway
+    controller = controller_deployment.bind(settings.controller.model_dump())
+    replay = (
+        replay_deployment.bind(settings.replay.model_dump()) if settings.replay.enabled else None
+    )
+    app: Application = gateway_deployment.bind(controller, replay, settings.model_dump())
+    return app

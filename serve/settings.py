@@ -1,0 +1,64 @@
+"""Settings of the Serve application, validated once when the application is built."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from serve.sampler import BackendSettings
+
+__all__ = ["AppSettings", "ControllerSettings", "ReplaySettings"]
+
+
+class ReplaySettings(BaseModel):
+    """The replay backend started inside the application (the default LLM stand-in)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="start the replay server with the application")
+    datasets: list[str] = Field(["svamp", "math100"], description="bundled sets to answer")
+    samples: list[str] = Field([], description="extra samples files to answer")
+    host: str = Field("127.0.0.1", description="bind address")
+    port: int = Field(8100, ge=1, le=65535, description="TCP port")
+    latency_ms: float = Field(10.0, ge=0, description="delay per call in milliseconds")
+    latency_per_sample_ms: float = Field(0.0, ge=0, description="extra delay per sample drawn")
+    seed: int = Field(0, description="seed of the sample draws")
+
+
+class ControllerSettings(BaseModel):
+    """The dual controller; ``budget`` and ``step_size`` may be overridden by ``user_config``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    budget: float = Field(4.0, gt=0, allow_inf_nan=False, description="mean cost per request")
+    step_size: float = Field(
+        0.05, gt=0, allow_inf_nan=False, description="dual step, dimensionless"
+    )
+    rule: Literal["additive", "multiplicative"] = Field("additive", description="update rule")
+    window: int = Field(500, gt=0, description="requests in the moving mean cost")
+    state_path: str | None = Field(
+        None, description="msgpack snapshot file; restored at start, written on change"
+    )
+    snapshot_interval_s: float = Field(1.0, gt=0, description="minimum seconds between snapshots")
+    artifact: str | None = Field(None, description="warm-start artifact; None uses the bundled one")
+
+
+class AppSettings(BaseModel):
+    """Arguments of ``serve.app:build_app`` (the ``args`` of an application in a Serve config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: BackendSettings = Field(default_factory=BackendSettings)  # type: ignore[arg-type]
+    replay: ReplaySettings = Field(default_factory=ReplaySettings)  # type: ignore[arg-type]
+    controller: ControllerSettings = Field(default_factory=ControllerSettings)  # type: ignore[arg-type]
+    seed_from_id: bool = Field(
+        True,
+        description="send the backend a seed derived from the request id, for repeatable draws",
+    )
+    feedback_memory: int = Field(
+        10_000, ge=0, description="recent requests kept per gateway replica for /v1/feedback"
+    )
+    learn_from_feedback: bool = Field(
+        True, description="train the policy on feedback with an answer"
+    )

@@ -1,0 +1,150 @@
+"""Dual controller: budget held on a stationary stream, price near the offline price, retargets."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from offline.solve import solve
+from online.controller import DualController, validate_budget
+from online.cost_curve import CostCurve
+from online.lagrangian import lagrangian_argmax
+
+
+def synthetic_table(n: int = 400, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Concave accuracy curves over k in (1, 3, 5, 9, 15) with question-specific difficulty."""
+    rng = np.random.default_rng(seed)
+    k = np.array([1.0, 3.0, 5.0, 9.0, 15.0])
+    p1 = rng.uniform(0.2, 0.95, size=(n, 1))
+    ceiling = np.clip(p1 + rng.uniform(0.0, 0.3, size=(n, 1)), 0, 1)
+    rate = rng.uniform(0.1, 0.6, size=(n, 1))
+    accuracy = ceiling - (ceiling - p1) * np.exp(-rate * (k - 1))
+    cost = np.tile(k, (n, 1))
+    return accuracy, cost
+
+
+def oracle_curve(accuracy: np.ndarray, cost: np.ndarray) -> CostCurve:
+    lambdas = np.concatenate([[0.0], np.geomspace(1e-5, 0.5, 300)])
+    rows = np.arange(len(accuracy))
+    costs = [cost[rows, lagrangian_argmax(accuracy, cost[0], lam)].mean() for lam in lambdas]
+    return CostCurve.from_points(lambdas, costs)
+
+
+def run_stream(
+    controller: DualController,
+    accuracy: np.ndarray,
+    cost: np.ndarray,
+    requests: int,
+    rng: np.random.Generator,
+    in_flight: int = 1,
+) -> tuple[list[float], list[float]]:
+    """Stream questions drawn with replacement; ``in_flight`` requests overlap."""
+    costs, prices = [], []
+    pending: list[tuple[int, float, str]] = []
+    for _ in range(requests):
+        i = int(rng.integers(len(accuracy)))
+        action = int(lagrangian_argmax(accuracy[i], cost[i], controller.lambda_))
+        ticket = controller.reserve(float(cost[i, action]))
+        pending.append((ticket, float(cost[i, action]), f"vote@{int(cost[i, action])}"))
+        if len(pending) >= in_flight:
+            ticket, billed, name = pending.pop(0)
+            controller.complete(ticket, billed, name)
+            costs.append(billed)
+            prices.append(controller.lambda_)
+    for ticket, billed, name in pending:
+        controller.complete(ticket, billed, name)
+        costs.append(billed)
+    return costs, prices
+
+
+@pytest.mark.parametrize("rule", ["additive", "multiplicative"])
+def test_stationary_stream_holds_budget(rule: str) -> None:
+    accuracy, cost = synthetic_table()
+    budget = 4.0
+    star = solve(accuracy, cost, budget)
+    controller = DualController(
+        budget, oracle_curve(accuracy, cost), step_size=0.05, price_scale=star.lambda_, rule=rule
+    )
+    costs, prices = run_stream(controller, accuracy, cost, 10_000, np.random.default_rng(0))
+    assert np.mean(costs) == pytest.approx(budget, rel=0.01)
+    # The price hovers around the offline price of the same budget.
+    assert np.median(prices[-5000:]) == pytest.approx(star.lambda_, rel=0.25)
+
+
+def test_concurrent_requests_hold_budget() -> None:
+    accuracy, cost = synthetic_table()
+    star = solve(accuracy, cost, 3.0)
+    controller = DualController(3.0, None, step_size=0.05, price_scale=star.lambda_)
+    costs, _ = run_stream(
+        controller, accuracy, cost, 10_000, np.random.default_rng(1), in_flight=64
+    )
+    assert np.mean(costs) == pytest.approx(3.0, rel=0.01)
+
+
+def test_retarget_converges_within_1000_requests() -> None:
+    accuracy, cost = synthetic_table()
+    curve = oracle_curve(accuracy, cost)
+    star = solve(accuracy, cost, 4.0)
+    controller = DualController(4.0, curve, step_size=0.05, price_scale=star.lambda_)
+    rng = np.random.default_rng(2)
+    run_stream(controller, accuracy, cost, 2000, rng, in_flight=16)
+    controller.set_budget(2.0)
+    assert controller.lambda_ == pytest.approx(curve.price_for(2.0), rel=0.2)
+    costs, _ = run_stream(controller, accuracy, cost, 1000, rng, in_flight=16)
+    assert np.mean(costs[-500:]) == pytest.approx(2.0, rel=0.02)
+
+
+def test_slack_budget_drives_price_to_zero() -> None:
+    accuracy, cost = synthetic_table()
+    # Plateaus: beyond five samples nothing improves, so the optimum spends at most 5.
+    accuracy[:, 3:] = accuracy[:, 2:3]
+    unconstrained = solve(accuracy, cost, 8.0)
+    assert unconstrained.lambda_ == 0.0
+    controller = DualController(8.0, None, step_size=0.05, price_scale=0.01)
+    costs, prices = run_stream(controller, accuracy, cost, 3000, np.random.default_rng(4))
+    assert prices[-1] == 0.0
+    assert np.mean(costs[-1000:]) == pytest.approx(unconstrained.mean_cost, rel=0.05)
+
+
+def test_reserve_moves_price_before_completion() -> None:
+    controller = DualController(2.0, None, step_size=0.1, price_scale=1.0)
+    before = controller.lambda_
+    controller.reserve(6.0)
+    assert controller.lambda_ == pytest.approx(before + 0.1 * (6.0 - 2.0) / 2.0)
+
+
+def test_retarget_counts_in_flight_against_new_budget() -> None:
+    curve = CostCurve.from_points([0.0, 1.0], [10.0, 1.0])
+    controller = DualController(5.0, curve, step_size=0.1, price_scale=1.0)
+    controller.reserve(9.0)
+    controller.set_budget(3.0)
+    jump = curve.price_for(3.0)
+    assert controller.lambda_ == pytest.approx(jump + 0.1 * (9.0 - 3.0) / 3.0)
+
+
+def test_snapshot_round_trip(tmp_path) -> None:
+    controller = DualController(3.0, None, step_size=0.05, price_scale=0.01)
+    for cost in (1.0, 5.0, 9.0):
+        controller.complete(controller.reserve(cost), cost, f"vote@{int(cost)}")
+    controller.set_budget(2.5)
+    path = tmp_path / "state.msgpack"
+    controller.save(path)
+    restored = DualController(7.0, None, step_size=0.5, price_scale=0.01)
+    restored.restore(path.read_bytes())
+    assert restored.lambda_ == controller.lambda_
+    assert restored.stats() == controller.stats()
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, math.nan, math.inf, "4", None, True])
+def test_invalid_budget_rejected(bad) -> None:
+    with pytest.raises(ValueError, match="budget must be"):
+        validate_budget(bad)
+
+
+def test_invalid_budget_keeps_state() -> None:
+    controller = DualController(3.0, None, price_scale=0.01)
+    with pytest.raises(ValueError, match="got -2"):
+        controller.set_budget(-2)
+    assert controller.budget == 3.0

@@ -1,0 +1,197 @@
+"""Tests of the bundled data files, the program sandbox of the converter and samples-file errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from offline.convert import RAW_FILES, RunResult, Sandbox, convert_svamp
+from online.answers import canonical_key, extract_answer
+from online.datasets import DATASETS, load_dataset
+from online.samples import Question, SamplesFormatError, read_samples
+
+# name -> (questions, samples per question)
+EXPECTED = {"svamp": (999, 30), "math100": (100, 8), "gsm8k": (1319, 0), "math500": (500, 0)}
+ID_PATTERN = {
+    "svamp": r"svamp-\d{4}",
+    "math100": r"math100-\d{3}",
+    "gsm8k": r"gsm8k-\d{4}",
+    "math500": r"math500_\d{4}",
+}
+
+
+@pytest.fixture(scope="module")
+def bundled() -> dict[str, list[Question]]:
+    return {name: load_dataset(name) for name in EXPECTED}
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    with Sandbox(workers=1, cpu_seconds=1, wall_seconds=5.0) as box:
+        yield box
+
+
+def test_every_registered_dataset_is_checked() -> None:
+    assert set(DATASETS) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_counts(bundled: dict[str, list[Question]], name: str) -> None:
+    questions, per_question = EXPECTED[name]
+    data = bundled[name]
+    assert len(data) == questions
+    assert {len(q.samples) for q in data} == {per_question}
+    assert all(q.gold for q in data)
+    assert all(q.meta["dataset"] == name for q in data)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_ids_unique_and_well_formed(bundled: dict[str, list[Question]], name: str) -> None:
+    ids = [q.id for q in bundled[name]]
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(ID_PATTERN[name], i) for i in ids)
+
+
+@pytest.mark.parametrize("name", ["svamp", "math100"])
+def test_stored_answer_is_extracted_from_text(
+    bundled: dict[str, list[Question]], name: str
+) -> None:
+    mismatches = [
+        (q.id, j, s.answer, extract_answer(s.text))
+        for q in bundled[name]
+        for j, s in enumerate(q.samples)
+        if s.text is None or s.answer != extract_answer(s.text)
+    ]
+    assert mismatches == []
+
+
+def test_svamp_answers_are_rounded_keys(bundled: dict[str, list[Question]]) -> None:
+    for q in bundled["svamp"]:
+        assert q.gold == canonical_key(q.gold)
+        for s in q.samples:
+            assert s.text is not None
+            last = s.text.splitlines()[-1]
+            if s.answer is None:
+                assert last.startswith("No answer was produced")
+                assert not re.search(r"\d", last)
+            else:
+                assert last.startswith("The answer is ")
+                # at most 6 decimal places survive the rounding
+                assert re.fullmatch(r"The answer is -?\d+(\.\d{1,6})?\.", last)
+
+
+def test_math_levels(bundled: dict[str, list[Question]]) -> None:
+    for name in ("math100", "math500"):
+        assert {q.meta["level"] for q in bundled[name]} == {1, 2, 3, 4, 5}
+    assert all(isinstance(q.meta["subject"], str) for q in bundled["math500"])
+    assert all(isinstance(s.correct, bool) for q in bundled["math100"] for s in q.samples)
+
+
+def test_sandbox_stops_loop_allocation_and_socket(sandbox: Sandbox) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        programs = [
+            "while True:\n    pass\nans = 1",
+            "block = bytearray(1024 ** 3)\nans = 1",
+            f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\nans = 1",
+            "ans = 6 * 7",
+        ]
+        started = time.monotonic()
+        results = sandbox.run(programs)
+    assert time.monotonic() - started < 10
+    assert [r.value for r in results] == [None, None, None, 42]
+    assert "CPU-time" in str(results[0].failure)
+    assert "memory" in str(results[1].failure)
+    assert results[2].failure is not None
+
+
+def test_sandbox_gives_each_program_a_fresh_namespace(sandbox: Sandbox) -> None:
+    results = sandbox.run(["ans = 5\nleft_over = 1", "ans = left_over", "x = 1", "ans = 'five'"])
+    assert results[0] == RunResult(5, None)
+    assert results[1].value is None
+    assert "NameError" in str(results[1].failure)
+    assert results[2] == RunResult(None, "left ans unset")
+    assert results[3].value is None
+
+
+def test_sandbox_has_no_network_interfaces_but_loopback(sandbox: Sandbox) -> None:
+    if sandbox.isolation == "audit hook only":
+        pytest.skip("unshare cannot make a network namespace on this machine")
+    [result] = sandbox.run(["import socket\nans = len(socket.if_nameindex())"])
+    assert result == RunResult(1, None)
+
+
+def _write_raw_svamp(raw: Path) -> None:
+    path = raw / RAW_FILES["svamp"]
+    path.parent.mkdir(parents=True)
+    rows = [
+        {"demonstration": "prompt"},
+        {
+            "passage": "A cake is cut in 3 equal parts.",
+            "question": "How big is each part of 10 kg?",
+            "answer": 3.333333,
+            "executed": 3.333333,
+            "generated": ["ans = 10 / 3", "ans = 3.3333333", "ans = 10 // 3", "x = 2"],
+        },
+        {
+            "passage": "Tom has 4 apples.",
+            "question": "How many does he have after eating 5?",
+            "answer": -1.0,
+            "executed": -1.0,
+            "generated": ["ans = 4 - 5", "ans = 4 -", "ans = -1.0000000001"],
+        },
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def test_svamp_conversion_is_deterministic(sandbox: Sandbox, tmp_path: Path) -> None:
+    _write_raw_svamp(tmp_path / "raw")
+    # the same file name in two folders: gzip stores the name in its header
+    first, second = tmp_path / "a" / "svamp.jsonl.gz", tmp_path / "b" / "svamp.jsonl.gz"
+    first.parent.mkdir()
+    second.parent.mkdir()
+    report = convert_svamp(tmp_path / "raw", first, sandbox)
+    convert_svamp(tmp_path / "raw", second, sandbox)
+    assert first.read_bytes() == second.read_bytes()
+    assert report.majority_accuracy == 1.0
+    q1, q2 = read_samples(first)
+    third, minus_one = canonical_key("3.333333"), canonical_key("-1")
+    assert (q1.id, q1.gold, q2.gold) == ("svamp-0001", third, minus_one)
+    assert q1.question == "A cake is cut in 3 equal parts. How big is each part of 10 kg?"
+    assert [s.answer for s in q1.samples] == [third, third, canonical_key("3"), None]
+    assert [s.answer for s in q2.samples] == [minus_one, None, minus_one]
+    assert q1.samples[0].text == "ans = 10 / 3\nThe answer is 3.333333."
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", "invalid JSON"),
+        ("[1, 2]", "expected a JSON object, got list"),
+        ('{"question": "q"}', "field 'id' must be a non-empty string, got None"),
+        ('{"id": "b", "question": " "}', "field 'question' must be a non-empty string"),
+        ('{"id": "b", "question": "q", "samples": {}}', "field 'samples' must be a list, got dict"),
+        (
+            '{"id": "b", "question": "q", "samples": [{"answer": "1", "tokens": -3}]}',
+            "samples[0].tokens must be a non-negative integer, got -3",
+        ),
+        (
+            '{"id": "b", "question": "q", "samples": [{"correct": "yes"}]}',
+            "samples[0].correct must be true, false or absent, got 'yes'",
+        ),
+        ('{"id": "a", "question": "q"}', "duplicate id 'a'"),
+    ],
+)
+def test_malformed_line_names_file_and_line(tmp_path: Path, line: str, message: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"id": "a", "question": "q"}\n\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(SamplesFormatError) as info:
+        read_samples(path)
+    assert str(info.value).startswith(f"{path}:3: ")
+    assert message in str(info.value)

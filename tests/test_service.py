@@ -1,0 +1,187 @@
+"""The Serve application end to end: real questions through the gateway, controller and replay."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from online.datasets import load_dataset
+from serve.api import MAX_BODY_BYTES
+from serve.stream import stream_questions
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+QUESTION = load_dataset("svamp")[0]
+
+
+async def request(
+    method: str, url: str, body: object = None, raw: bytes | None = None
+) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as session:
+        data = raw
+        if data is None and body is not None:
+            data = json.dumps(body).encode()
+        async with session.request(method, url, data=data) as response:
+            return response.status, await response.json(content_type=None)
+
+
+async def test_health(service_url: str) -> None:
+    status, body = await request("GET", f"{service_url}/healthz")
+    assert status == 200
+    assert body == {"status": "ok"}
+
+
+async def test_solve_response_fields(service_url: str) -> None:
+    status, body = await request(
+        "POST", f"{service_url}/v1/solve", {"question": QUESTION.question, "id": "fields-1"}
+    )
+    assert status == 200, body
+    assert body["id"] == "fields-1"
+    assert body["answer"] is not None
+    assert body["action"]["name"] == f"vote@{body['action']['samples']}"
+    assert body["samples_used"] == body["action"]["samples"]
+    assert body["cost"] == float(body["samples_used"])
+    assert sum(body["votes"].values()) <= body["samples_used"]
+    assert body["lambda"] >= 0
+
+
+async def test_stream_holds_budget_then_retarget(service_url: str) -> None:
+    questions = load_dataset("svamp")
+    first = await stream_questions(questions[:400], service_url, concurrency=8, progress=False)
+    assert not first.errors
+    assert sum(first.costs) / len(first.costs) == pytest.approx(4.0, rel=0.05)
+    assert sum(first.correct) / len(first.correct) > 0.75
+
+    status, body = await request("PUT", f"{service_url}/v1/budget", {"budget": 2.0})
+    assert status == 200, body
+    assert body["budget"] == 2.0
+    second = await stream_questions(questions[400:800], service_url, concurrency=8, progress=False)
+    assert not second.errors
+    assert sum(second.costs) / len(second.costs) == pytest.approx(2.0, rel=0.08)
+
+    status, stats = await request("GET", f"{service_url}/v1/stats")
+    assert status == 200
+    assert stats["budget"] == 2.0
+    assert stats["requests"] >= 800
+    assert set(stats["actions"]) <= {"vote@1", "vote@3", "vote@5", "vote@9", "vote@15"}
+    status, _ = await request("PUT", f"{service_url}/v1/budget", {"budget": 4.0})
+    assert status == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "body", "status", "field"),
+    [
+        ("/v1/solve", "POST", {"question": ""}, 422, "question"),
+        ("/v1/solve", "POST", {"question": "   "}, 422, "question"),
+        ("/v1/solve", "POST", {}, 422, "question"),
+        ("/v1/solve", "POST", {"question": 7}, 422, "question"),
+        ("/v1/solve", "POST", [1, 2], 422, "object"),
+        ("/v1/budget", "PUT", {"budget": 0}, 422, "budget"),
+        ("/v1/budget", "PUT", {"budget": -1}, 422, "budget"),
+        ("/v1/budget", "PUT", {"budget": "abc"}, 422, "budget"),
+        ("/v1/budget", "PUT", {"budget": "4"}, 422, "budget"),
+        ("/v1/budget", "PUT", {}, 422, "budget"),
+        ("/v1/feedback", "POST", {"correct_answer": "3"}, 422, "id"),
+    ],
+)
+async def test_bad_input_names_field(
+    service_url: str, path: str, method: str, body: object, status: int, field: str
+) -> None:
+    got, payload = await request(method, f"{service_url}{path}", body)
+    assert got == status, payload
+    assert field in payload["error"]["message"]
+    assert payload["error"]["type"]
+
+
+async def test_nan_budget_rejected(service_url: str) -> None:
+    status, payload = await request("PUT", f"{service_url}/v1/budget", raw=b'{"budget": NaN}')
+    assert status == 422
+    assert "budget" in payload["error"]["message"]
+    status, body = await request("GET", f"{service_url}/v1/budget")
+    assert body["budget"] > 0
+
+
+async def test_non_json_body_rejected(service_url: str) -> None:
+    status, payload = await request("POST", f"{service_url}/v1/solve", raw=b"question=hello")
+    assert status == 400
+    assert payload["error"]["type"] == "invalid_json"
+
+
+async def test_oversized_body_rejected_and_service_keeps_serving(service_url: str) -> None:
+    big = json.dumps({"question": "x" * (MAX_BODY_BYTES + 10)}).encode()
+    status, payload = await request("POST", f"{service_url}/v1/solve", raw=big)
+    assert status == 413
+    assert str(MAX_BODY_BYTES) in payload["error"]["message"]
+    status, body = await request("POST", f"{service_url}/v1/solve", {"question": QUESTION.question})
+    assert status == 200, body
+
+
+async def test_unknown_question_is_client_error(service_url: str) -> None:
+    status, payload = await request(
+        "POST", f"{service_url}/v1/solve", {"question": "What is the airspeed of a swallow?"}
+    )
+    assert status == 422
+    assert payload["error"]["type"] == "backend_rejected"
+
+
+async def test_feedback(service_url: str) -> None:
+    status, payload = await request("POST", f"{service_url}/v1/feedback", {"id": "never-sent"})
+    assert status == 404
+    assert "never-sent" in payload["error"]["message"]
+
+    _, before = await request("GET", f"{service_url}/v1/stats")
+    status, solved = await request(
+        "POST", f"{service_url}/v1/solve", {"question": QUESTION.question, "id": "fb-1"}
+    )
+    assert status == 200
+    status, payload = await request(
+        "POST", f"{service_url}/v1/feedback", {"id": "fb-1", "correct_answer": QUESTION.gold}
+    )
+    assert status == 202, payload
+    assert payload["correct"] == (solved["answer"] == "51")
+    _, after = await request("GET", f"{service_url}/v1/stats")
+    assert after["feedback"]["with_answer"] == before["feedback"]["with_answer"] + 1
+
+
+def test_locust_smoke(service_url: str, tmp_path) -> None:
+    """A short headless Locust run against the service: every request succeeds."""
+    locustfile = Path(__file__).resolve().parent.parent / "loadtest" / "locustfile.py"
+    prefix = tmp_path / "locust"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(locustfile),
+            "--host",
+            service_url,
+            "--headless",
+            "-u",
+            "4",
+            "-r",
+            "4",
+            "-t",
+            "8s",
+            "--only-summary",
+            "--csv",
+            str(prefix),
+            "--exit-code-on-error",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = (tmp_path / "locust_stats.csv").read_text().splitlines()
+    solve_row = next(row for row in rows if row.startswith("POST,/v1/solve"))
+    fields = solve_row.split(",")
+    requests, failures = int(fields[2]), int(fields[3])
+    assert requests > 10
+    assert failures == 0
