@@ -3,6 +3,7 @@
 Commands:
   datasets   list the bundled data sets with their counts
   export     write a bundled data set as a samples file
+  evaluate   cross-validate the allocation policies at a budget and write a report
   warmstart  solve, train the policy and write the service's warm-start artifact
 """
 
@@ -83,6 +84,34 @@ def _cmd_warmstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from offline.evaluate import EvaluationSettings, evaluate
+    from offline.report import write_report
+
+    try:
+        questions = _load_inputs(args.dataset, args.samples)
+    except (KeyError, SamplesFormatError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not questions:
+        print("error: give --samples FILE or --dataset NAME", file=sys.stderr)
+        return 2
+    budgets = sorted({args.budget, *args.curve_budgets})
+    settings = EvaluationSettings(
+        folds=args.folds, seed=args.seed, unit=args.unit, actions=ActionSpace(tuple(args.actions))
+    )
+    try:
+        reports = evaluate(questions, budgets, settings, progress=True)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    source = ", ".join([*args.dataset, *(Path(p).name for p in args.samples)])
+    report = write_report(reports, args.budget, args.out, source)
+    summary = {name: round(m["accuracy"], 4) for name, m in report["methods"].items()}
+    print(json.dumps({"out": str(args.out), "budget": args.budget, "accuracy": summary}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m offline", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -95,6 +124,30 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
     export.add_argument("--out", required=True, type=Path, help="output file (.jsonl or .jsonl.gz)")
     export.set_defaults(run=_cmd_export)
+
+    ev = commands.add_parser("evaluate", help="cross-validate the policies and write a report")
+    ev.add_argument("--samples", action="append", default=[], help="samples file (repeatable)")
+    ev.add_argument("--dataset", action="append", default=[], help="bundled set (repeatable)")
+    ev.add_argument("--budget", type=float, required=True, help="mean cost per question")
+    ev.add_argument(
+        "--curve-budgets",
+        type=float,
+        nargs="*",
+        default=[1.5, 2.0, 3.0, 4.0, 6.0],
+        help="budgets of the accuracy-against-budget plot",
+    )
+    ev.add_argument("--out", type=Path, required=True, help="output folder")
+    ev.add_argument("--folds", type=int, default=5, help="cross-validation folds")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the folds and training order")
+    ev.add_argument("--unit", choices=["samples", "tokens"], default="samples", help="cost unit")
+    ev.add_argument(
+        "--actions",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_SAMPLE_COUNTS),
+        help="sample counts of the actions",
+    )
+    ev.set_defaults(run=_cmd_evaluate)
 
     warm = commands.add_parser("warmstart", help="build the service's warm-start artifact")
     warm.add_argument("--dataset", action="append", default=[], help="bundled set to train on")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from online.answers import answers_match, canonical_key, extract_answer, final_answer_text
 from online.datasets import load_dataset
-from online.normalize import DEFAULT_TIMEOUT
+from online.equivalence import DEFAULT_TIMEOUT
 from online.samples import Question, read_samples
 
 __all__ = ["Disagreement", "ExtractionReport", "check_extraction", "main"]

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from offline.solve import solve
 from online.actions import ActionSpace
 from online.artifact import WarmStart
 from online.cost_curve import CostCurve
@@ -17,6 +16,7 @@ from online.features import question_features
 from online.lagrangian import lagrangian_argmax
 from online.policy import ValuePolicy
 from online.samples import Question
+from online.solve import solve
 from online.tables import Table, build_table
 
 __all__ = ["TrainingSet", "build_warmstart", "fit_value_policy", "policy_cost_curve"]

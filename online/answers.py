@@ -14,7 +14,8 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from online.normalize import DEFAULT_TIMEOUT, canonical_key, equivalent, parse_number
+from online.equivalence import DEFAULT_TIMEOUT, equivalent
+from online.normalize import canonical_key, parse_number
 
 __all__ = [
     "Vote",

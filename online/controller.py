@@ -35,13 +35,19 @@ UpdateRule = Literal["additive", "multiplicative"]
 _SNAPSHOT_VERSION = 1
 
 
-def validate_budget(budget: Any) -> float:
-    """Return ``budget`` as a float; raise `ValueError` unless it is finite and positive."""
+def validate_budget(budget: Any, min_budget: float = 0.0) -> float:
+    """Return ``budget`` as a float; raise `ValueError` unless it is finite, positive and at
+    least ``min_budget`` (the cost of the cheapest action, below which no policy can go)."""
     if isinstance(budget, bool) or not isinstance(budget, int | float):
         raise ValueError(f"budget must be a number, got {budget!r}")
     value = float(budget)
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"budget must be a positive finite number, got {budget!r}")
+    if value < min_budget:
+        raise ValueError(
+            f"budget must be at least {min_budget:g}, the cost of the cheapest action, "
+            f"got {budget!r}"
+        )
     return value
 
 
@@ -62,6 +68,10 @@ class DualController:
         ``"additive"`` (projected dual ascent) or ``"multiplicative"`` (dual mirror descent).
     window
         Number of recent requests in ``window_mean_cost``.
+    unit
+        Name of the cost unit, reported with the budget.
+    min_budget
+        Smallest budget accepted: the cost of the cheapest action.
 
     Examples
     --------
@@ -84,8 +94,10 @@ class DualController:
         rule: UpdateRule = "additive",
         window: int = 500,
         unit: str = "samples",
+        min_budget: float = 0.0,
     ) -> None:
-        self.budget = validate_budget(budget)
+        self.min_budget = float(min_budget)
+        self.budget = validate_budget(budget, self.min_budget)
         self.cost_curve = cost_curve
         self.step_size = self._validate_step(step_size)
         if not (math.isfinite(price_scale) and price_scale > 0):
@@ -152,12 +164,22 @@ class DualController:
         self.window_.append(cost)
         self.actions_[action] = self.actions_.get(action, 0) + 1
 
+    def cancel(self, ticket: int) -> None:
+        """Withdraw a reservation whose request billed nothing (it failed before sampling).
+
+        The price steps back as if the request had never been dispatched, and nothing is
+        counted. An unknown ticket is ignored.
+        """
+        expected = self._in_flight.pop(ticket, None)
+        if expected is not None:
+            self._step(self.budget - expected)
+
     def set_budget(self, budget: float) -> None:
         """Retarget: jump to the cost curve's price for ``budget``, then correct from there.
 
         Requests in flight count against the new budget, because they finish after the change.
         """
-        new = validate_budget(budget)
+        new = validate_budget(budget, self.min_budget)
         old, old_lambda = self.budget, self.lambda_
         self.budget = new
         self.lambda_ = self._warm_price(new)
@@ -202,8 +224,8 @@ class DualController:
             "actions": dict(self.actions_),
         }
 
-    def snapshot(self) -> bytes:
-        """Serialise the state that a restart must keep (msgpack)."""
+    def snapshot(self, extra: dict[str, Any] | None = None) -> bytes:
+        """Serialise the state that a restart must keep (msgpack), with the caller's ``extra``."""
         return msgpack.packb(
             {
                 "version": _SNAPSHOT_VERSION,
@@ -217,11 +239,15 @@ class DualController:
                 "cost_since_budget": self.cost_since_budget_,
                 "window": list(self.window_),
                 "actions": self.actions_,
+                "extra": extra or {},
             }
         )
 
-    def restore(self, blob: bytes) -> None:
-        """Load a state written by `snapshot`; requests in flight at that time are forgotten."""
+    def restore(self, blob: bytes) -> dict[str, Any]:
+        """Load a state written by `snapshot` and return its ``extra``.
+
+        Requests in flight when the snapshot was taken are forgotten.
+        """
         state = msgpack.unpackb(blob)
         if not isinstance(state, dict) or state.get("version") != _SNAPSHOT_VERSION:
             raise ValueError("not a controller snapshot of a known version")
@@ -236,15 +262,17 @@ class DualController:
         self.window_.clear()
         self.window_.extend(float(c) for c in state["window"])
         self.actions_ = {str(k): int(v) for k, v in state["actions"].items()}
+        extra: dict[str, Any] = state.get("extra", {})
+        return extra
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
         """Write `snapshot` to ``path`` atomically (a temporary file, then a rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(self.snapshot())
+                fh.write(self.snapshot(extra))
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -21,13 +21,13 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from online.answers import answers_match, canonical_key
+from online.answers import answers_match
 from online.artifact import WarmStart
 from online.controller import DualController
 from online.datasets import load_dataset
 from online.features import question_features
+from online.learner import Learner
 from online.samples import Question, read_samples
-from online.vote_accuracy import group_answers, vote_accuracy
 from serve.api import (
     ApiError,
     BudgetRequest,
@@ -40,7 +40,13 @@ from serve.replay import ReplayBackend
 from serve.sampler import BackendError, SamplerPool
 from serve.settings import AppSettings, ControllerSettings, ReplaySettings
 
-__all__ = ["DualControllerDeployment", "Gateway", "ReplayDeployment", "build_app"]
+__all__ = [
+    "DualControllerDeployment",
+    "Gateway",
+    "ReplayDeployment",
+    "build_app",
+    "compose_app",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +89,7 @@ class DualControllerDeployment:
             rule=self._settings.rule,
             window=self._settings.window,
             unit=warm.unit,
+            min_budget=float(warm.actions.sample_counts[0]),
         )
         self._config_budget: float | None = None
         self._feedback = {"received": 0, "with_answer": 0, "correct": 0}
@@ -111,7 +118,8 @@ class DualControllerDeployment:
         except FileNotFoundError:
             logger.info("no controller snapshot at %s; starting fresh", path)
             return
-        self._controller.restore(blob)
+        extra = self._controller.restore(blob)
+        self._config_budget = extra.get("config_budget")
         logger.info(
             "controller restored from %s: budget %s, lambda %.6g, %d requests",
             path,
@@ -122,7 +130,8 @@ class DualControllerDeployment:
 
     def _save(self) -> None:
         if self._settings.state_path:
-            self._controller.save(self._settings.state_path)
+            extra = {"config_budget": self._config_budget}
+            self._controller.save(self._settings.state_path, extra)
             self._dirty = False
 
     async def _save_loop(self) -> None:
@@ -153,6 +162,10 @@ class DualControllerDeployment:
         self._dirty = True
         return ticket, self._controller.lambda_
 
+    async def cancel(self, ticket: int) -> None:
+        self._controller.cancel(ticket)
+        self._dirty = True
+
     async def complete(self, ticket: int, cost: float, action: str) -> float:
         self._controller.complete(ticket, cost, action)
         self._dirty = True
@@ -169,14 +182,19 @@ class DualControllerDeployment:
         }
 
     async def set_budget(self, budget: float) -> dict[str, Any]:
-        self._controller.set_budget(budget)
+        """Retarget; an invalid budget returns ``{"error": message}`` and changes nothing."""
+        try:
+            self._controller.set_budget(budget)
+        except ValueError as exc:
+            return {"error": str(exc)}
         self._save()
         return await self.get_budget()
 
-    async def record_feedback(self, with_answer: bool, correct: bool) -> None:
+    async def record_feedback(self, correct: bool | None) -> None:
+        """Count feedback; ``correct`` is None when it carried no answer."""
         self._feedback["received"] += 1
-        self._feedback["with_answer"] += int(with_answer)
-        self._feedback["correct"] += int(correct)
+        self._feedback["with_answer"] += int(correct is not None)
+        self._feedback["correct"] += int(correct is True)
 
     async def stats(self) -> dict[str, Any]:
         out = self._controller.stats()
@@ -245,6 +263,7 @@ class Gateway:
         self._controller = controller
         self._warm = WarmStart.load(self._settings.controller.artifact)
         self._policy = self._warm.policy
+        self._learner = Learner(self._policy)
         self._actions = self._warm.actions
         self._memory: OrderedDict[str, _Remembered] = OrderedDict()
         if replay is not None:
@@ -270,8 +289,9 @@ class Gateway:
         try:
             result = await self._pool.sample(body.question, action.samples, seed=seed)
         except BackendError as exc:
-            # Nothing was billed; release the reservation.
-            await self._controller.complete.remote(ticket, 0.0, action.name)
+            logger.warning("request %s failed at the backend: %s", request_id, exc)
+            # Nothing was billed, so the reservation is withdrawn, not completed at cost 0.
+            await self._controller.cancel.remote(ticket)
             raise _backend_error(exc) from None
 
         cost = float(result.samples_used)
@@ -315,30 +335,13 @@ class Gateway:
                 "not_found",
                 f"field 'id': no recent request with id {body.id!r} on this replica",
             )
-        correct = False
+        correct: bool | None = None
         if body.correct_answer is not None:
             correct = answers_match(entry.answer, body.correct_answer)
             if self._settings.learn_from_feedback:
-                self._learn(entry, body.correct_answer)
-        await self._controller.record_feedback.remote(body.correct_answer is not None, correct)
+                self._learner.learn_from_gold(entry.features, entry.keys, body.correct_answer)
+        await self._controller.record_feedback.remote(correct)
         return JSONResponse({"id": body.id, "accepted": True, "correct": correct}, status_code=202)
-
-    def _learn(self, entry: _Remembered, gold: str) -> None:
-        """Train on the accuracy that each action up to the samples drawn would have had."""
-        gold_key = canonical_key(gold)
-        counts, correct, nulls = group_answers(
-            entry.keys,
-            [None] * len(entry.keys),
-            [k is not None and k == gold_key for k in entry.keys],
-        )
-        drawn = len(entry.keys)
-        values = {
-            j: vote_accuracy(counts, correct, nulls, k)
-            for j, k in enumerate(self._actions.sample_counts)
-            if k <= drawn
-        }
-        if values:
-            self._policy.learn_partial_one(entry.features, values)
 
     @api.get("/v1/budget")
     async def get_budget(self) -> JSONResponse:
@@ -348,6 +351,8 @@ class Gateway:
     async def put_budget(self, request: Request) -> JSONResponse:
         body = await parse_body(request, BudgetRequest)
         state = await self._controller.set_budget.remote(body.budget)
+        if "error" in state:
+            raise ApiError(422, "invalid_request", f"field 'budget': {state['error']}")
         self._lambda = state["lambda"]
         return JSONResponse(state)
 
@@ -362,11 +367,20 @@ class Gateway:
 
 def build_app(args: dict[str, Any]) -> Application:
     """Build the application from the ``args`` of a Serve config (see `AppSettings`)."""
-    settings = AppSettings.model_validate(args or {})
+    return compose_app(AppSettings.model_validate(args or {}))
+
+
+def compose_app(
+    settings: AppSettings, controller_user_config: dict[str, Any] | None = None
+) -> Application:
+    """Bind the deployments; ``controller_user_config`` is what a Serve config's
+    ``deployments[].user_config`` would set on the controller."""
     # The deployment decorator returns a Deployment, which mypy cannot see through.
     controller_deployment: Any = DualControllerDeployment
     replay_deployment: Any = ReplayDeployment
     gateway_deployment: Any = Gateway
+    if controller_user_config is not None:
+        controller_deployment = controller_deployment.options(user_config=controller_user_config)
     controller = controller_deployment.bind(settings.controller.model_dump())
     replay = (
         replay_deployment.bind(settings.replay.model_dump()) if settings.replay.enabled else None

@@ -6,7 +6,8 @@ Shows progress (requests, accuracy against gold, mean cost against the budget, l
 prints a JSON summary at the end. With ``--retarget AT:BUDGET`` it changes the budget through
 ``PUT /v1/budget`` after AT finished requests and reports the requests that finished after it.
 When the data set has recorded samples, the summary also gives the accuracy of uniform
-allocation at the same mean cost, computed exactly from the samples.
+allocation at the same mean cost (before and after a retarget separately), computed exactly from
+the samples. The budget set by ``--budget`` or ``--retarget`` stays in force after the run.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ class StreamSummary:
 
     costs: list[float] = field(default_factory=list)
     correct: list[bool] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
+    error_examples: dict[str, str] = field(default_factory=dict)
     retarget_index: int | None = None
     last: dict[str, Any] = field(default_factory=dict)
 
@@ -87,14 +90,18 @@ async def stream_questions(
                         status = response.status
                 except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                     summary.errors[type(exc).__name__] += 1
+                    summary.error_examples.setdefault(type(exc).__name__, repr(exc))
                     bar.update()
                     continue
                 if status != 200:
                     summary.errors[str(status)] += 1
+                    message = str((body.get("error") or {}).get("message", body))
+                    summary.error_examples.setdefault(str(status), message[:300])
                     bar.update()
                     continue
                 summary.costs.append(float(body["cost"]))
                 summary.correct.append(answers_match(body.get("answer"), q.gold))
+                summary.ids.append(q.id)
                 summary.last = body
                 done = len(summary.costs)
                 if retarget is not None and summary.retarget_index is None and done >= retarget[0]:
@@ -128,6 +135,7 @@ def summarise(
         "requests": len(questions),
         "answered": len(summary.costs),
         "errors": dict(summary.errors),
+        "error_examples": dict(summary.error_examples),
         "accuracy": _mean([float(c) for c in summary.correct]),
         "mean_cost": _mean(summary.costs),
         "budget": budget.get("budget"),
@@ -136,12 +144,20 @@ def summarise(
         "elapsed_s": round(elapsed_s, 3),
         "throughput_rps": round(len(summary.costs) / elapsed_s, 2) if elapsed_s > 0 else None,
     }
-    with_samples = [q for q in questions if q.samples]
-    if with_samples and len(with_samples) == len(questions) and out["mean_cost"]:
-        table = build_table(with_samples, ActionSpace())
-        uniform_acc, uniform_cost = uniform_allocation(table, out["mean_cost"])
-        out["uniform_accuracy"] = uniform_acc
-        out["uniform_mean_cost"] = uniform_cost
+    if out["mean_cost"] and all(q.samples for q in questions):
+        # Uniform allocation over the questions answered, at the mean cost each segment of
+        # the run spent (one segment, or the parts before and after a retarget).
+        by_id = {q.id: q for q in questions}
+        cut = summary.retarget_index if summary.retarget_index is not None else len(summary.ids)
+        segments = [(0, cut), (cut, len(summary.ids))]
+        weighted = 0.0
+        for start, stop in segments:
+            if stop <= start:
+                continue
+            table = build_table([by_id[i] for i in summary.ids[start:stop]], ActionSpace())
+            spent = sum(summary.costs[start:stop]) / (stop - start)
+            weighted += uniform_allocation(table, spent)[0] * (stop - start)
+        out["uniform_accuracy"] = weighted / len(summary.ids)
     if retarget is not None and summary.retarget_index is not None:
         i = summary.retarget_index
         after = summary.costs[i:]
@@ -171,7 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m serve.stream", description=__doc__.split("\n")[0]
     )
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--dataset", default="svamp", help=f"bundled set: {', '.join(DATASETS)}")
+    source.add_argument(
+        "--dataset",
+        default="svamp",
+        choices=sorted(DATASETS),
+        help="bundled set; gsm8k and math500 carry no samples, so the replay backend rejects them",
+    )
     source.add_argument("--samples", type=Path, help="a samples file instead of a bundled set")
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="base URL of the service")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,25 +17,42 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def service_url() -> Iterator[str]:
-    """Start the application as ``configs/config.yaml`` does, on free loopback ports."""
+def state_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("state") / "controller.msgpack"
+
+
+@pytest.fixture(scope="session")
+def app_settings(state_path: Path) -> Any:
+    """Settings of the test application: the defaults of ``configs/config.yaml`` on free ports."""
+    from serve.settings import AppSettings
+
+    replay_port = free_port()
+    return AppSettings.model_validate(
+        {
+            "backend": {"base_url": f"http://127.0.0.1:{replay_port}/v1"},
+            "replay": {"port": replay_port, "latency_ms": 2},
+            "controller": {
+                "budget": 4.0,
+                "state_path": str(state_path),
+                "snapshot_interval_s": 0.2,
+            },
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def service_url(app_settings: Any) -> Iterator[str]:
+    """Start the application in a local Ray instance and return its base URL."""
     import ray
     from ray import serve
 
-    from serve.app import build_app
+    from serve.app import compose_app
 
-    http_port, replay_port = free_port(), free_port()
+    http_port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
-        app = build_app(
-            {
-                "backend": {"base_url": f"http://127.0.0.1:{replay_port}/v1"},
-                "replay": {"port": replay_port, "latency_ms": 2},
-                "controller": {"budget": 4.0},
-            }
-        )
-        serve.run(app, name="ttc", route_prefix="/")
+        serve.run(compose_app(app_settings), name="ttc", route_prefix="/")
         yield f"http://127.0.0.1:{http_port}"
     finally:
         serve.shutdown()

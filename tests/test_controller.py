@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from offline.solve import solve
 from online.controller import DualController, validate_budget
 from online.cost_curve import CostCurve
 from online.lagrangian import lagrangian_argmax
+from online.solve import solve
 
 
 def synthetic_table(n: int = 400, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -147,4 +147,22 @@ def test_invalid_budget_keeps_state() -> None:
     controller = DualController(3.0, None, price_scale=0.01)
     with pytest.raises(ValueError, match="got -2"):
         controller.set_budget(-2)
+    assert controller.budget == 3.0
+
+
+def test_cancel_undoes_reservation_without_counting() -> None:
+    controller = DualController(3.0, None, step_size=0.1, price_scale=1.0)
+    before = controller.lambda_
+    ticket = controller.reserve(15.0)
+    controller.cancel(ticket)
+    assert controller.lambda_ == pytest.approx(before)
+    assert controller.requests_ == 0
+    assert controller.actions_ == {}
+    assert controller.in_flight == 0
+
+
+def test_budget_below_cheapest_action_rejected() -> None:
+    controller = DualController(3.0, None, price_scale=0.01, min_budget=1.0)
+    with pytest.raises(ValueError, match=r"at least 1, the cost of the cheapest action, got 0\.5"):
+        controller.set_budget(0.5)
     assert controller.budget == 3.0

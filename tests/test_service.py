@@ -85,6 +85,7 @@ async def test_stream_holds_budget_then_retarget(service_url: str) -> None:
         ("/v1/budget", "PUT", {"budget": -1}, 422, "budget"),
         ("/v1/budget", "PUT", {"budget": "abc"}, 422, "budget"),
         ("/v1/budget", "PUT", {"budget": "4"}, 422, "budget"),
+        ("/v1/budget", "PUT", {"budget": 0.5}, 422, "cheapest action"),
         ("/v1/budget", "PUT", {}, 422, "budget"),
         ("/v1/feedback", "POST", {"correct_answer": "3"}, 422, "id"),
     ],
@@ -122,11 +123,18 @@ async def test_oversized_body_rejected_and_service_keeps_serving(service_url: st
 
 
 async def test_unknown_question_is_client_error(service_url: str) -> None:
-    status, payload = await request(
-        "POST", f"{service_url}/v1/solve", {"question": "What is the airspeed of a swallow?"}
-    )
-    assert status == 422
-    assert payload["error"]["type"] == "backend_rejected"
+    _, before = await request("GET", f"{service_url}/v1/stats")
+    for _ in range(5):
+        status, payload = await request(
+            "POST", f"{service_url}/v1/solve", {"question": "What is the airspeed of a swallow?"}
+        )
+        assert status == 422
+        assert payload["error"]["type"] == "backend_rejected"
+    _, after = await request("GET", f"{service_url}/v1/stats")
+    # Nothing was billed: the price and the counters are as before.
+    assert after["lambda"] == pytest.approx(before["lambda"], rel=1e-9, abs=1e-12)
+    assert after["requests"] == before["requests"]
+    assert after["in_flight"] == 0
 
 
 async def test_feedback(service_url: str) -> None:
@@ -146,6 +154,10 @@ async def test_feedback(service_url: str) -> None:
     assert payload["correct"] == (solved["answer"] == "51")
     _, after = await request("GET", f"{service_url}/v1/stats")
     assert after["feedback"]["with_answer"] == before["feedback"]["with_answer"] + 1
+
+    status, payload = await request("POST", f"{service_url}/v1/feedback", {"id": "fb-1"})
+    assert status == 202
+    assert payload["correct"] is None
 
 
 def test_locust_smoke(service_url: str, tmp_path) -> None:
@@ -185,3 +197,72 @@ def test_locust_smoke(service_url: str, tmp_path) -> None:
     requests, failures = int(fields[2]), int(fields[3])
     assert requests > 10
     assert failures == 0
+
+
+async def test_controller_restart_resumes_state(service_url: str, state_path: Path) -> None:
+    import asyncio
+
+    import ray
+
+    questions = load_dataset("svamp")[800:900]
+    summary = await stream_questions(questions, service_url, concurrency=4, progress=False)
+    assert not summary.errors
+    await asyncio.sleep(1.0)  # longer than the snapshot interval of the fixture
+    _, before = await request("GET", f"{service_url}/v1/stats")
+    assert state_path.exists()
+
+    names = [
+        actor["name"]
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if "DualController" in actor["name"]
+    ]
+    assert len(names) == 1, names
+    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+
+    after = None
+    for _ in range(120):
+        await asyncio.sleep(0.5)
+        try:
+            status, after = await request("GET", f"{service_url}/v1/stats")
+        except aiohttp.ClientError:
+            continue
+        if status == 200:
+            break
+    assert after is not None
+    assert after["lambda"] == before["lambda"]
+    assert after["requests"] == before["requests"]
+    assert after["mean_cost"] == before["mean_cost"]
+    assert after["budget"] == before["budget"]
+    status, body = await request("POST", f"{service_url}/v1/solve", {"question": QUESTION.question})
+    assert status == 200, body
+
+
+async def test_user_config_retargets_without_restart(service_url: str, app_settings) -> None:
+    from ray import serve
+
+    from serve.app import compose_app
+
+    _, before = await request("GET", f"{service_url}/v1/stats")
+    serve.run(
+        compose_app(app_settings, controller_user_config={"budget": 3.0, "step_size": 0.05}),
+        name="ttc",
+        route_prefix="/",
+    )
+    status, budget = await request("GET", f"{service_url}/v1/budget")
+    assert status == 200
+    assert budget["budget"] == 3.0
+    _, after = await request("GET", f"{service_url}/v1/stats")
+    # Same controller replica: the totals carried on.
+    assert after["requests"] >= before["requests"]
+    assert after["requests_since_budget"] == 0
+
+    # An unchanged user_config does not undo a budget set through the API.
+    status, _ = await request("PUT", f"{service_url}/v1/budget", {"budget": 4.0})
+    assert status == 200
+    serve.run(
+        compose_app(app_settings, controller_user_config={"budget": 3.0, "step_size": 0.05}),
+        name="ttc",
+        route_prefix="/",
+    )
+    _, budget = await request("GET", f"{service_url}/v1/budget")
+    assert budget["budget"] == 4.0

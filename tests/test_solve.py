@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linprog
 
-from offline.solve import solve
+from online.solve import solve
 from online.vote_accuracy import vote_accuracy
 
 

@@ -1,0 +1,99 @@
+"""Write an evaluation's ``report.json``, ``report.md`` and ``budget_curve.png``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from offline.evaluate import METHODS
+
+__all__ = ["write_report"]
+
+
+def _markdown(report: dict[str, Any], curve: list[dict[str, Any]], source: str) -> str:
+    methods = report["methods"]
+    unit = report["unit"]
+    lines = [
+        f"# Allocation at a budget of {report['budget']:g} {unit} per question",
+        "",
+        f"Samples: {source}; {report['questions']} questions, actions {report['actions']}, "
+        f"{report['folds']}-fold cross-validation (seed {report['seed']}), "
+        f"about {report['n_train']} training and {report['n_test']} test questions per fold.",
+        "",
+        "| method | accuracy | spread over folds | mean cost | gain over uniform | "
+        "share of the oracle's gain |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in METHODS:
+        m = methods[name]
+        kept = "n/a" if m["oracle_gain_kept"] is None else f"{m['oracle_gain_kept']:.1%}"
+        lines.append(
+            f"| {name} | {m['accuracy']:.4f} | {m['accuracy_std']:.4f} | {m['mean_cost']:.3f} | "
+            f"{m['gain_over_uniform']:+.4f} | {kept} |"
+        )
+    lines += [
+        "",
+        f"Oracle price lambda* on all questions: {report['lambda_star']:.6g}"
+        + ("." if report["budget_binding"] else " (the budget does not bind)."),
+        f"Imitation accuracy of `learned`: {report['imitation_accuracy']:.4f} "
+        f"(unguarded classifier: {report['imitation_accuracy_unguarded']:.4f}).",
+        f"Lagrangian regret of `learned`: {report['regret']:.5f}; bound "
+        f"(1 - imitation accuracy) x max gap = {report['regret_bound']:.5f}.",
+        f"Guard towards uniform chosen per fold (`learned`): {report['guards']}; "
+        f"shrinkage per fold (`learned-value`): {report['shrinkages']}.",
+        "",
+        "The oracle is in-sample by definition. Every other method is measured on held-out "
+        "questions: its guard is chosen on the training folds, and its price is set on the "
+        "test fold's own predictions, which uses no outcome of a test question.",
+    ]
+    if len(curve) > 1:
+        lines += ["", "## Accuracy against budget", ""]
+        lines.append("| budget | " + " | ".join(METHODS) + " |")
+        lines.append("|---" * (len(METHODS) + 1) + "|")
+        for point in curve:
+            cells = " | ".join(f"{point['accuracy'][name]:.4f}" for name in METHODS)
+            lines.append(f"| {point['budget']:g} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(curve: list[dict[str, Any]], unit: str, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    budgets = [point["budget"] for point in curve]
+    for name in METHODS:
+        ax.plot(budgets, [p["accuracy"][name] for p in curve], marker="o", label=name)
+    ax.set_xlabel(f"budget ({unit} per question)")
+    ax.set_ylabel("accuracy (held out; oracle in-sample)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(
+    reports: dict[float, dict[str, Any]], budget: float, out_dir: Path, source: str
+) -> dict[str, Any]:
+    """Write the three files for ``budget`` with a curve over every budget in ``reports``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    curve = [
+        {
+            "budget": b,
+            "accuracy": {name: reports[b]["methods"][name]["accuracy"] for name in METHODS},
+            "mean_cost": {name: reports[b]["methods"][name]["mean_cost"] for name in METHODS},
+        }
+        for b in sorted(reports)
+    ]
+    report = dict(reports[budget])
+    report["source"] = source
+    report["curve"] = curve
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "report.md").write_text(_markdown(report, curve, source))
+    _plot(curve, report["unit"], out_dir / "budget_curve.png", source)
+    return report

@@ -1,0 +1,174 @@
+"""Offline evaluation: matched spend, the regret bound, reports, and a samples file it never saw."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from offline.evaluate import METHODS, EvaluationSettings, evaluate
+from online.datasets import load_dataset
+from online.samples import Question, Sample, write_samples
+
+pytestmark = pytest.mark.timeout(600)
+
+FAST = EvaluationSettings(folds=3, inner_folds=2, value_epochs=5, classifier_epochs=5)
+
+
+def synthetic_questions(n: int = 240, seed: int = 11) -> list[Question]:
+    """A samples file from a made-up model: longer questions with more numbers are harder.
+
+    Each question has a hidden difficulty; the right answer's share of 12 samples falls with
+    it, and the wrong samples spread over three distractors.
+    """
+    rng = np.random.default_rng(seed)
+    words = ["apples", "trains", "boxes", "coins", "marbles", "pages", "tickets", "birds"]
+    out = []
+    for i in range(n):
+        numbers = int(rng.integers(1, 7))
+        filler = int(rng.integers(3, 30))
+        difficulty = 0.12 * numbers + 0.015 * filler + rng.normal(0, 0.15)
+        share = float(np.clip(0.95 - difficulty, 0.15, 0.97))
+        text = " ".join(
+            [f"{rng.choice(words)} {int(rng.integers(2, 90))}" for _ in range(numbers)]
+            + [str(rng.choice(words)) for _ in range(filler)]
+        )
+        gold = str(100 + i)
+        samples = []
+        for _ in range(12):
+            if rng.random() < share:
+                samples.append(Sample(gold))
+            elif rng.random() < 0.1:
+                samples.append(Sample(None))
+            else:
+                samples.append(Sample(str(int(rng.integers(1, 4)))))
+        out.append(Question(f"syn-{i:04d}", f"{text}. How many in all?", gold, tuple(samples)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def svamp_reports() -> dict:
+    return evaluate(load_dataset("svamp")[:300], [3.0], FAST)
+
+
+def test_oracle_spends_budget(svamp_reports: dict) -> None:
+    oracle = svamp_reports[3.0]["methods"]["oracle"]
+    assert oracle["mean_cost"] == pytest.approx(3.0, rel=0.005)
+
+
+def test_oracle_is_most_accurate(svamp_reports: dict) -> None:
+    methods = svamp_reports[3.0]["methods"]
+    for name in METHODS:
+        assert methods["oracle"]["accuracy"] >= methods[name]["accuracy"] - 1e-12, name
+
+
+def test_regret_bound_holds(svamp_reports: dict) -> None:
+    report = svamp_reports[3.0]
+    assert report["regret"] >= -1e-12
+    assert report["regret"] <= report["regret_bound"] + 1e-12
+
+
+def test_report_has_contract_fields(svamp_reports: dict) -> None:
+    report = svamp_reports[3.0]
+    for key in ("budget", "unit", "actions", "n_train", "n_test", "folds", "methods"):
+        assert key in report
+    for key in ("imitation_accuracy", "regret", "regret_bound"):
+        assert 0.0 <= report[key] <= 1.0 or key == "regret"
+    for name in METHODS:
+        assert {"accuracy", "accuracy_std", "mean_cost"} <= set(report["methods"][name])
+
+
+def test_unseen_samples_file_policies_hold() -> None:
+    reports = evaluate(synthetic_questions(), [3.0, 5.0], FAST)
+    for budget, report in reports.items():
+        methods = report["methods"]
+        for name in METHODS:
+            assert methods[name]["mean_cost"] == pytest.approx(budget, rel=0.02), (budget, name)
+        uniform = methods["uniform"]["accuracy"]
+        for name in ("learned", "learned-value"):
+            assert methods[name]["accuracy"] >= uniform - 0.01, (budget, name)
+        assert report["regret"] <= report["regret_bound"] + 1e-12
+
+
+def test_too_few_questions_rejected() -> None:
+    with pytest.raises(ValueError, match="need at least"):
+        evaluate(synthetic_questions(n=8), [3.0], FAST)
+
+
+def test_budget_below_cheapest_rejected() -> None:
+    with pytest.raises(ValueError, match="budget must exceed"):
+        evaluate(synthetic_questions(n=40), [1.0], FAST)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "offline", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def test_cli_writes_report_files(tmp_path: Path) -> None:
+    samples = tmp_path / "mine.jsonl"
+    questions = synthetic_questions(n=60)
+    write_samples(questions[:-1], samples)
+    # A question with fewer samples than the largest action, and an unknown field.
+    with samples.open("a") as fh:
+        row = questions[-1].to_json()
+        row["samples"] = row["samples"][:4]
+        row["extra"] = {"ignored": True}
+        fh.write(json.dumps(row) + "\n")
+    out = tmp_path / "report"
+    result = run_cli(
+        "evaluate",
+        "--samples",
+        str(samples),
+        "--budget",
+        "3",
+        "--out",
+        str(out),
+        "--folds",
+        "3",
+        "--curve-budgets",
+        "2",
+        "4",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["budget"] == 3.0
+    assert [point["budget"] for point in report["curve"]] == [2.0, 3.0, 4.0]
+    assert "| learned-value |" in (out / "report.md").read_text()
+    assert (out / "budget_curve.png").stat().st_size > 1000
+
+
+def test_cli_reports_malformed_line(tmp_path: Path) -> None:
+    samples = tmp_path / "bad.jsonl"
+    write_samples(synthetic_questions(n=5), samples)
+    with samples.open("a") as fh:
+        fh.write('{"id": "x", "question": "q", "samples": "oops"}\n')
+    result = run_cli("evaluate", "--samples", str(samples), "--budget", "3", "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert "bad.jsonl:6" in result.stderr
+    assert "samples" in result.stderr
+
+
+@pytest.mark.parametrize("guard", [0.0, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("budget", [2.0, 4.0, 7.0])
+def test_price_rule_spends_budget_for_classifier_scores(guard: float, budget: float) -> None:
+    from offline.learners import blend_with_uniform
+    from offline.pricing import PriceRule
+
+    rng = np.random.default_rng(0)
+    proba = rng.dirichlet(np.ones(5) * 0.5, size=200)
+    cost = np.tile([1.0, 3.0, 5.0, 9.0, 15.0], (200, 1))
+    mean = cost[0]
+    j = int(np.searchsorted(mean, budget, side="right")) - 1
+    uniform = np.zeros(5)
+    theta = (budget - mean[j]) / (mean[j + 1] - mean[j])
+    uniform[j], uniform[j + 1] = 1 - theta, theta
+    scores = blend_with_uniform(proba, uniform, guard)
+    rule = PriceRule.calibrate(scores, cost, budget, allow_negative=True)
+    spent = rule.apply(scores, cost).expected(cost).mean()
+    assert spent == pytest.approx(budget, rel=1e-9)
