@@ -10,9 +10,10 @@ import numpy as np
 from tqdm import tqdm
 
 from online.actions import ActionSpace
-from online.artifact import WarmStart
+from online.artifact import PolicyEntry, WarmStart
 from online.cost_curve import CostCurve
 from online.features import question_features
+from online.imitation import ImitationPolicy
 from online.lagrangian import lagrangian_argmax
 from online.policy import ValuePolicy
 from online.samples import Question
@@ -121,6 +122,57 @@ def choose_shrinkage(
     return best, means
 
 
+IMITATION_BUDGETS = (1.5, 2.0, 3.0, 4.0, 6.0, 9.0)
+
+
+def fit_imitation_policy(
+    features: Sequence[dict[str, float]],
+    table: Table,
+    budgets: Sequence[float] = IMITATION_BUDGETS,
+    epochs: int = 5,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[ImitationPolicy, np.ndarray]:
+    """Train the budget-aware imitation policy on oracle actions at the prices of ``budgets``.
+
+    Returns the policy and the prices it was trained at (budgets that do not bind, with price
+    0, are kept at a small positive price).
+    """
+    rows = np.arange(len(features))
+    prices, labels = [], []
+    for budget in budgets:
+        if budget <= table.cost[:, 0].mean():
+            continue
+        solution = solve(table.accuracy, table.cost, budget)
+        prices.append(max(solution.lambda_, 1e-4))
+        labels.append(np.where(solution.split >= 0.5, solution.dearer, solution.action))
+    policy = ImitationPolicy(table.actions)
+    rng = np.random.default_rng(seed)
+    pairs = [(i, g) for i in rows for g in range(len(prices))]
+    for _ in tqdm(range(epochs), desc="train imitation", disable=not progress, unit="epoch"):
+        for n in rng.permutation(len(pairs)):
+            i, g = pairs[n]
+            policy.learn_label_one(features[i], prices[g], int(labels[g][i]))
+    return policy, np.asarray(prices)
+
+
+def imitation_cost_curve(
+    policy: ImitationPolicy,
+    features: Sequence[dict[str, float]],
+    cost: np.ndarray,
+    prices: np.ndarray,
+    points: int = 50,
+) -> CostCurve:
+    """Mean billed cost of the imitation policy's choices over a price grid spanning ``prices``."""
+    rows = np.arange(len(features))
+    grid = np.concatenate([[0.0], np.geomspace(prices.min() / 4, prices.max() * 100, points)])
+    costs = []
+    for lam in grid:
+        chosen = np.array([policy.decide_one(x, lam) for x in features])
+        costs.append(float(cost[rows, chosen].mean()))
+    return CostCurve.from_points(grid, costs)
+
+
 def predicted_values(policy: ValuePolicy, features: Sequence[dict[str, float]]) -> np.ndarray:
     return np.array([policy.predict_values_one(x) for x in features])
 
@@ -175,6 +227,9 @@ def build_warmstart(
     curve = policy_cost_curve(values, table.cost, lambdas)
     policy_price = curve.price_for(budget)
     price_scale = policy_price if policy_price > 0 else max(solution.lambda_, top * 1e-2)
+    imitation, prices = fit_imitation_policy(training.features, table, seed=seed, progress=progress)
+    imitation_curve = imitation_cost_curve(imitation, training.features, table.cost, prices)
+    imitation_price = imitation_curve.price_for(budget)
     rows = np.arange(len(values))
     chosen = lagrangian_argmax(values, table.cost.max(axis=0), policy_price)
     metrics = {
@@ -195,4 +250,9 @@ def build_warmstart(
         policy=policy,
         trained_on=list(trained_on),
         metrics=metrics,
+        extra_policies={
+            "imitation": PolicyEntry(
+                imitation, imitation_curve, imitation_price if imitation_price > 0 else price_scale
+            )
+        },
     )

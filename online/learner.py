@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from online.actions import ActionSpace
 from online.answers import canonical_key, vote
+from online.imitation import ImitationPolicy
 from online.policy import ValuePolicy
 from online.vote_accuracy import group_answers, vote_accuracy
 
@@ -39,29 +40,39 @@ def action_labels(
 
 
 class Learner:
-    """Applies labels from feedback and exploration probes to a `ValuePolicy`."""
+    """Applies labels from feedback and exploration probes to a policy.
 
-    def __init__(self, policy: ValuePolicy) -> None:
+    ``lambda_`` is the price when the request was decided; the imitation policy learns the
+    oracle's action at that price, the value policy ignores it.
+    """
+
+    def __init__(self, policy: ValuePolicy | ImitationPolicy) -> None:
         self.policy = policy
         self.labels_ = 0
 
     def learn_from_gold(
-        self, features: Mapping[str, float], keys: Sequence[str | None], gold: str
+        self,
+        features: Mapping[str, float],
+        keys: Sequence[str | None],
+        gold: str,
+        lambda_: float = 0.0,
     ) -> dict[int, float]:
         """Train on the samples of one request against its gold answer; return the labels."""
         labels = action_labels(keys, canonical_key(gold), self.policy.actions)
-        self._apply(features, labels)
+        self._apply(features, labels, lambda_)
         return labels
 
     def learn_from_probe(
-        self, features: Mapping[str, float], keys: Sequence[str | None]
+        self, features: Mapping[str, float], keys: Sequence[str | None], lambda_: float = 0.0
     ) -> dict[int, float]:
         """Train on a probe's samples against their own majority (a pseudo-label)."""
         labels = action_labels(keys, vote(keys).answer, self.policy.actions)
-        self._apply(features, labels)
+        self._apply(features, labels, lambda_)
         return labels
 
-    def _apply(self, features: Mapping[str, float], labels: Mapping[int, float]) -> None:
+    def _apply(
+        self, features: Mapping[str, float], labels: Mapping[int, float], lambda_: float
+    ) -> None:
         if labels:
-            self.policy.learn_partial_one(features, labels)
+            self.policy.learn_partial_one(features, labels, lambda_)
             self.labels_ += 1

@@ -102,8 +102,13 @@ class ValuePolicy:
         for model, value in zip(self.models_, values, strict=True):
             model.learn_one(xs, float(value))
 
-    def learn_partial_one(self, x: Mapping[str, float], values: Mapping[int, float]) -> None:
-        """Update only the models of the actions in ``values`` (action index to accuracy)."""
+    def learn_partial_one(
+        self, x: Mapping[str, float], values: Mapping[int, float], lambda_: float = 0.0
+    ) -> None:
+        """Update only the models of the actions in ``values`` (action index to accuracy).
+
+        ``lambda_`` is accepted for the policies' common interface and not used.
+        """
         bad = [j for j in values if not 0 <= j < len(self.models_)]
         if bad:
             raise ValueError(f"action indices must be in [0, {len(self.models_)}), got {bad}")

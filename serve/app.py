@@ -81,11 +81,12 @@ class DualControllerDeployment:
     async def __init__(self, settings: dict[str, Any]) -> None:  # type: ignore[misc]
         self._settings = ControllerSettings.model_validate(settings)
         warm = WarmStart.load(self._settings.artifact)
+        entry = warm.entry(self._settings.policy)
         self._controller = DualController(
             budget=self._settings.budget,
-            cost_curve=warm.cost_curve,
+            cost_curve=entry.cost_curve,
             step_size=self._settings.step_size,
-            price_scale=warm.price_scale,
+            price_scale=entry.price_scale,
             rule=self._settings.rule,
             window=self._settings.window,
             unit=warm.unit,
@@ -246,6 +247,7 @@ class _Remembered:
     features: dict[str, float]
     answer: str | None
     keys: list[str | None]
+    lambda_: float
 
 
 @serve.deployment(name="Gateway", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
@@ -262,7 +264,7 @@ class Gateway:
         self._settings = AppSettings.model_validate(settings)
         self._controller = controller
         self._warm = WarmStart.load(self._settings.controller.artifact)
-        self._policy = self._warm.policy
+        self._policy = self._warm.entry(self._settings.controller.policy).policy
         self._learner = Learner(self._policy)
         self._actions = self._warm.actions
         self._memory: OrderedDict[str, _Remembered] = OrderedDict()
@@ -281,7 +283,8 @@ class Gateway:
         body = await parse_body(request, SolveRequest)
         request_id = body.id or uuid.uuid4().hex
         features = question_features(body.question, body.metadata)
-        index = self._policy.decide_one(features, self._lambda)
+        decided_at = self._lambda
+        index = self._policy.decide_one(features, decided_at)
         action = self._actions[index]
 
         ticket, self._lambda = await self._controller.reserve.remote(float(action.samples))
@@ -296,7 +299,8 @@ class Gateway:
 
         cost = float(result.samples_used)
         self._lambda = await self._controller.complete.remote(ticket, cost, action.name)
-        self._remember(request_id, _Remembered(features, result.answer, result.keys))
+        remembered = _Remembered(features, result.answer, result.keys, decided_at)
+        self._remember(request_id, remembered)
         logger.debug(
             "request %s: %s, cost %s, answer %s", request_id, action.name, cost, result.answer
         )
@@ -339,7 +343,9 @@ class Gateway:
         if body.correct_answer is not None:
             correct = answers_match(entry.answer, body.correct_answer)
             if self._settings.learn_from_feedback:
-                self._learner.learn_from_gold(entry.features, entry.keys, body.correct_answer)
+                self._learner.learn_from_gold(
+                    entry.features, entry.keys, body.correct_answer, entry.lambda_
+                )
         await self._controller.record_feedback.remote(correct)
         return JSONResponse({"id": body.id, "accepted": True, "correct": correct}, status_code=202)
 

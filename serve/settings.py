@@ -42,6 +42,10 @@ class ControllerSettings(BaseModel):
     )
     snapshot_interval_s: float = Field(1.0, gt=0, description="minimum seconds between snapshots")
     artifact: str | None = Field(None, description="warm-start artifact; None uses the bundled one")
+    policy: Literal["value", "imitation"] = Field(
+        "value",
+        description="served policy: value prediction, or the classifier with the price as input",
+    )
 
 
 class AppSettings(BaseModel):

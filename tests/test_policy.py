@@ -113,3 +113,28 @@ def test_uniform_allocation_mixes_neighbours() -> None:
     mean = training.table.accuracy.mean(axis=0)
     assert spent == pytest.approx(4.0)
     assert acc == pytest.approx(0.5 * mean[1] + 0.5 * mean[2])
+
+
+def test_bundled_artifact_has_imitation_policy() -> None:
+    warm = WarmStart.load()
+    entry = warm.entry("imitation")
+    # The imitation policy's cost falls as the price rises, enough to reach common budgets.
+    assert entry.cost_curve.costs[0] > 6.0
+    for budget in (2.0, 3.0, 4.0):
+        price = entry.cost_curve.price_for(budget)
+        assert entry.cost_curve.cost_at(price) == pytest.approx(budget, rel=0.1)
+    with pytest.raises(KeyError, match="has: value, imitation"):
+        warm.entry("sequential")
+
+
+def test_imitation_policy_learns_from_full_probe_only() -> None:
+    from online.imitation import ImitationPolicy
+
+    policy = ImitationPolicy(ActionSpace((1, 3, 5)), learning_rate=0.1)
+    policy.learn_partial_one({"a": 1.0}, {0: 0.5, 1: 0.9}, lambda_=0.01)
+    assert policy.model_.predict_proba_one({"a": 0.0}) == {}
+    for _ in range(100):
+        policy.learn_partial_one({"a": 1.0}, {0: 0.5, 1: 0.9, 2: 0.92}, lambda_=0.05)
+    assert policy.decide_one({"a": 1.0}, 0.05) == 1  # 0.9 - 0.15 beats 0.5 - 0.05 and 0.92 - 0.25
+    with pytest.raises(ValueError, match="label must be in"):
+        policy.learn_label_one({"a": 1.0}, 0.05, 3)
