@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +33,9 @@ __all__ = ["DualController", "validate_budget"]
 logger = logging.getLogger(__name__)
 
 UpdateRule = Literal["additive", "multiplicative"]
+
+SOURCE_TTL_S = 30.0
+"""An allocator that has not reported for this long no longer counts as active."""
 _SNAPSHOT_VERSION = 1
 
 
@@ -116,6 +120,7 @@ class DualController:
         self.actions_: dict[str, int] = {}
         self._in_flight: dict[int, float] = {}
         self._tickets = itertools.count()
+        self._sources: dict[str, float] = {}
 
     @staticmethod
     def _validate_step(step_size: Any) -> float:
@@ -130,14 +135,48 @@ class DualController:
             return self.price_scale
         return self.cost_curve.price_for(budget)
 
+    def price_after(self, lambda_: float, overspend: float) -> float:
+        """Return the price that ``lambda_`` becomes after a total ``overspend`` (cost minus
+        budget, summed over requests), without changing the controller."""
+        error = overspend / self.budget
+        if self.rule == "additive":
+            return max(0.0, lambda_ + self.step_size * self.price_scale * error)
+        floor = 1e-6 * self.price_scale
+        return max(floor, lambda_) * math.exp(self.step_size * error)
+
     def _step(self, delta_cost: float) -> None:
         """Move the price by the overspend ``delta_cost`` (negative when under budget)."""
-        error = delta_cost / self.budget
-        if self.rule == "additive":
-            self.lambda_ = max(0.0, self.lambda_ + self.step_size * self.price_scale * error)
-        else:
-            floor = 1e-6 * self.price_scale
-            self.lambda_ = max(floor, self.lambda_) * math.exp(self.step_size * error)
+        self.lambda_ = self.price_after(self.lambda_, delta_cost)
+
+    def report(
+        self, finished: list[tuple[float, str]], source: str = "local", now_s: float | None = None
+    ) -> None:
+        """Record requests that allocator ``source`` decided on its own view of the price.
+
+        Each ``(cost, action)`` steps the price by ``cost - budget``, as `complete` does for a
+        request that reserved nothing here. ``now_s`` (monotonic seconds) dates the report for
+        `active_sources`.
+        """
+        self._sources[source] = time.monotonic() if now_s is None else now_s
+        for cost, action in finished:
+            self.complete(-1, float(cost), action)
+
+    def active_sources(self, now_s: float | None = None) -> int:
+        """Return how many allocators reported within `SOURCE_TTL_S`, at least 1."""
+        now = time.monotonic() if now_s is None else now_s
+        live = sum(1 for seen in self._sources.values() if now - seen <= SOURCE_TTL_S)
+        return max(1, live)
+
+    def settings(self, now_s: float | None = None) -> dict[str, Any]:
+        """Return what an allocator needs to step the price locally (see `PriceView`)."""
+        return {
+            "lambda": self.lambda_,
+            "budget": self.budget,
+            "step_size": self.step_size,
+            "price_scale": self.price_scale,
+            "rule": self.rule,
+            "replicas": self.active_sources(now_s),
+        }
 
     def reserve(self, expected_cost: float) -> int:
         """Register a dispatched request with its expected cost; return its ticket."""

@@ -1,13 +1,16 @@
 """The Ray Serve application: HTTP gateway, dual controller and replay backend.
 
-Request path: the gateway validates the request, computes the question's features, asks the
-policy for an action at the current price, reserves the action's cost with the controller, draws
-and votes the samples through the worker pool, and reports the billed cost to the controller.
-The policy runs inside the gateway replica, which saves a hop per request; the controller is a
-single replica because it owns the price and the budget.
+Request path: the gateway validates the request, computes the question's features, takes the
+policy's action at its view of the price (`online.price_view.PriceView`), reserves the action's
+cost in that view, draws and votes the samples through the worker pool, and records the billed
+cost. Each gateway replica reports finished requests to the controller in batches (at least
+every ``report_interval_s``) and adopts the controller's price and budget in return, so no
+request waits on the controller. The controller is a single replica because it owns the price
+and the budget.
 """
 
 import asyncio
+import contextlib
 import logging
 import uuid
 import zlib
@@ -27,6 +30,7 @@ from online.controller import DualController
 from online.datasets import load_dataset
 from online.features import question_features
 from online.learner import Learner
+from online.price_view import PriceView
 from online.samples import Question, read_samples
 from serve.api import (
     ApiError,
@@ -158,22 +162,17 @@ class DualControllerDeployment:
             self._config_budget = float(budget)
             self._save()
 
-    async def reserve(self, expected_cost: float) -> tuple[int, float]:
-        ticket = self._controller.reserve(expected_cost)
-        self._dirty = True
-        return ticket, self._controller.lambda_
+    async def report(self, finished: list[tuple[float, str]], source: str) -> dict[str, Any]:
+        """Record an allocator's finished requests; return the state it should adopt."""
+        if finished:
+            self._controller.report(finished, source)
+            self._dirty = True
+        else:
+            self._controller.report([], source)
+        return self._controller.settings()
 
-    async def cancel(self, ticket: int) -> None:
-        self._controller.cancel(ticket)
-        self._dirty = True
-
-    async def complete(self, ticket: int, cost: float, action: str) -> float:
-        self._controller.complete(ticket, cost, action)
-        self._dirty = True
-        return self._controller.lambda_
-
-    async def get_lambda(self) -> float:
-        return self._controller.lambda_
+    async def settings(self) -> dict[str, Any]:
+        return self._controller.settings()
 
     async def get_budget(self) -> dict[str, Any]:
         return {
@@ -273,32 +272,65 @@ class Gateway:
             logger.info("replay backend ready at %s", url)
         self._pool = SamplerPool(self._settings.backend)
         await self._pool.start()
-        self._lambda = float(await controller.get_lambda.remote())
+        self._source = uuid.uuid4().hex[:12]
+        self._price = PriceView(await controller.settings.remote())
+        self._flush_now = asyncio.Event()
+        self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
 
     async def __del__(self) -> None:
+        self._reporter.cancel()
+        await self._flush()
         await self._pool.close()
+
+    async def _flush(self) -> None:
+        """Send the finished requests to the controller and adopt its price and budget."""
+        report = self._price.take_report()
+        try:
+            state = await self._controller.report.remote(report, self._source)
+        except Exception:
+            # The controller may be restarting; keep the requests for the next report.
+            self._price.restore_report(report)
+            raise
+        self._price.publish(state)
+
+    async def _report_loop(self) -> None:
+        """Report at least every ``report_interval_s``, sooner when a batch is full."""
+        interval = self._settings.report_interval_s
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._flush_now.wait(), timeout=interval)
+            self._flush_now.clear()
+            try:
+                await self._flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("report to the controller failed; retrying in %s s", interval)
+                await asyncio.sleep(interval)
 
     @api.post("/v1/solve")
     async def solve(self, request: Request) -> JSONResponse:
         body = await parse_body(request, SolveRequest)
         request_id = body.id or uuid.uuid4().hex
         features = question_features(body.question, body.metadata)
-        decided_at = self._lambda
+        decided_at = self._price.price()
         index = self._policy.decide_one(features, decided_at)
         action = self._actions[index]
 
-        ticket, self._lambda = await self._controller.reserve.remote(float(action.samples))
+        ticket = self._price.reserve(float(action.samples))
         seed = zlib.crc32(request_id.encode()) if self._settings.seed_from_id else None
         try:
             result = await self._pool.sample(body.question, action.samples, seed=seed)
         except BackendError as exc:
             logger.warning("request %s failed at the backend: %s", request_id, exc)
             # Nothing was billed, so the reservation is withdrawn, not completed at cost 0.
-            await self._controller.cancel.remote(ticket)
+            self._price.cancel(ticket)
             raise _backend_error(exc) from None
 
         cost = float(result.samples_used)
-        self._lambda = await self._controller.complete.remote(ticket, cost, action.name)
+        self._price.complete(ticket, cost, action.name)
+        if self._price.unreported >= self._settings.report_batch:
+            self._flush_now.set()
         remembered = _Remembered(features, result.answer, result.keys, decided_at)
         self._remember(request_id, remembered)
         logger.debug(
@@ -311,7 +343,7 @@ class Gateway:
                 "action": {"name": action.name, "samples": action.samples},
                 "samples_used": result.samples_used,
                 "cost": cost,
-                "lambda": self._lambda,
+                "lambda": decided_at,
                 "votes": result.votes,
                 "text": result.text,
                 "usage": {
@@ -359,7 +391,7 @@ class Gateway:
         state = await self._controller.set_budget.remote(body.budget)
         if "error" in state:
             raise ApiError(422, "invalid_request", f"field 'budget': {state['error']}")
-        self._lambda = state["lambda"]
+        self._price.publish(await self._controller.settings.remote())
         return JSONResponse(state)
 
     @api.get("/v1/stats")

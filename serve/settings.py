@@ -66,3 +66,9 @@ class AppSettings(BaseModel):
     learn_from_feedback: bool = Field(
         True, description="train the policy on feedback with an answer"
     )
+    report_interval_s: float = Field(
+        0.05, gt=0, le=10, description="longest a gateway waits before reporting costs"
+    )
+    report_batch: int = Field(
+        16, ge=1, description="finished requests that make a gateway report at once"
+    )

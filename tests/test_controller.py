@@ -166,3 +166,60 @@ def test_budget_below_cheapest_action_rejected() -> None:
     with pytest.raises(ValueError, match=r"at least 1, the cost of the cheapest action, got 0\.5"):
         controller.set_budget(0.5)
     assert controller.budget == 3.0
+
+
+def run_replicas(
+    controller: DualController,
+    accuracy: np.ndarray,
+    cost: np.ndarray,
+    requests: int,
+    rng: np.random.Generator,
+    replicas: int = 4,
+    batch: int = 20,
+    in_flight: int = 16,
+) -> list[float]:
+    """Round-robin requests over replicas that report to the controller every ``batch``."""
+    from online.price_view import PriceView
+
+    views = [PriceView(controller.settings()) for _ in range(replicas)]
+    pending: list[list[tuple[int, float, str]]] = [[] for _ in range(replicas)]
+    costs: list[float] = []
+    for n in range(requests):
+        r = n % replicas
+        view = views[r]
+        i = int(rng.integers(len(accuracy)))
+        action = int(lagrangian_argmax(accuracy[i], cost[i], view.price()))
+        billed = float(cost[i, action])
+        pending[r].append((view.reserve(billed), billed, f"vote@{int(billed)}"))
+        if len(pending[r]) >= in_flight:
+            ticket, done, name = pending[r].pop(0)
+            view.complete(ticket, done, name)
+            costs.append(done)
+        if view.unreported >= batch:
+            controller.report(view.take_report(), source=f"replica-{r}", now_s=float(n))
+            view.publish(controller.settings(now_s=float(n)))
+    return costs
+
+
+def test_four_replicas_with_stale_prices_hold_budget() -> None:
+    accuracy, cost = synthetic_table()
+    star = solve(accuracy, cost, 3.0)
+    controller = DualController(
+        3.0, oracle_curve(accuracy, cost), step_size=0.05, price_scale=star.lambda_
+    )
+    costs = run_replicas(controller, accuracy, cost, 10_000, np.random.default_rng(5))
+    assert np.mean(costs) == pytest.approx(3.0, rel=0.01)
+    assert controller.settings(now_s=10_000.0)["replicas"] == 4
+    assert controller.lambda_ == pytest.approx(star.lambda_, rel=0.5)
+
+
+def test_four_replicas_follow_retarget() -> None:
+    accuracy, cost = synthetic_table()
+    curve = oracle_curve(accuracy, cost)
+    star = solve(accuracy, cost, 4.0)
+    controller = DualController(4.0, curve, step_size=0.05, price_scale=star.lambda_)
+    rng = np.random.default_rng(6)
+    run_replicas(controller, accuracy, cost, 2000, rng)
+    controller.set_budget(2.0)
+    costs = run_replicas(controller, accuracy, cost, 1000, rng)
+    assert np.mean(costs[-500:]) == pytest.approx(2.0, rel=0.02)

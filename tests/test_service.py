@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -28,6 +29,14 @@ async def request(
             data = json.dumps(body).encode()
         async with session.request(method, url, data=data) as response:
             return response.status, await response.json(content_type=None)
+
+
+async def settled_stats(url: str) -> dict:
+    """Return /v1/stats once the gateways' batched reports (every 50 ms) have arrived."""
+    await asyncio.sleep(0.5)
+    status, stats = await request("GET", f"{url}/v1/stats")
+    assert status == 200
+    return stats
 
 
 async def test_health(service_url: str) -> None:
@@ -64,8 +73,7 @@ async def test_stream_holds_budget_then_retarget(service_url: str) -> None:
     assert not second.errors
     assert sum(second.costs) / len(second.costs) == pytest.approx(2.0, rel=0.08)
 
-    status, stats = await request("GET", f"{service_url}/v1/stats")
-    assert status == 200
+    stats = await settled_stats(service_url)
     assert stats["budget"] == 2.0
     assert stats["requests"] >= 800
     assert set(stats["actions"]) <= {"vote@1", "vote@3", "vote@5", "vote@9", "vote@15"}
@@ -123,14 +131,14 @@ async def test_oversized_body_rejected_and_service_keeps_serving(service_url: st
 
 
 async def test_unknown_question_is_client_error(service_url: str) -> None:
-    _, before = await request("GET", f"{service_url}/v1/stats")
+    before = await settled_stats(service_url)
     for _ in range(5):
         status, payload = await request(
             "POST", f"{service_url}/v1/solve", {"question": "What is the airspeed of a swallow?"}
         )
         assert status == 422
         assert payload["error"]["type"] == "backend_rejected"
-    _, after = await request("GET", f"{service_url}/v1/stats")
+    after = await settled_stats(service_url)
     # Nothing was billed: the price and the counters are as before.
     assert after["lambda"] == pytest.approx(before["lambda"], rel=1e-9, abs=1e-12)
     assert after["requests"] == before["requests"]
@@ -200,8 +208,6 @@ def test_locust_smoke(service_url: str, tmp_path) -> None:
 
 
 async def test_controller_restart_resumes_state(service_url: str, state_path: Path) -> None:
-    import asyncio
-
     import ray
 
     questions = load_dataset("svamp")[800:900]

@@ -1,0 +1,93 @@
+"""An allocator replica's view of the price, for many replicas sharing one controller.
+
+A replica decides with the controller's last published price, moved by its own requests that
+the controller has not seen yet: those in flight count their expected cost, and those finished
+but not yet reported their billed cost. It reports finished requests in batches, and takes the
+controller's new price at each report, so the price it uses is at most one batch stale.
+
+Its own unreported overspend is multiplied by the number of active replicas, on the
+assumption that the others spend alike. Without that factor the reports reach the controller
+late, the price overshoots, and with four replicas reporting every 20 requests the mean cost
+fell 3% short of the budget in a simulation (tests/test_controller.py); with it the
+error stayed under 0.1%.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from online.controller import DualController
+
+__all__ = ["PriceView"]
+
+
+class PriceView:
+    """Local price of one allocator; ``publish`` takes the controller's `DualController.settings`.
+
+    Examples
+    --------
+    >>> view = PriceView({"lambda": 0.1, "budget": 2.0, "step_size": 0.5, "price_scale": 0.1,
+    ...                   "rule": "additive"})
+    >>> ticket = view.reserve(4.0)  # 2 over budget: one step of 0.5 * 0.1 * 2 / 2
+    >>> round(view.price(), 6)
+    0.15
+    >>> view.complete(ticket, 2.0, "vote@3")  # on budget after all
+    >>> round(view.price(), 6), view.take_report()
+    (0.1, [(2.0, 'vote@3')])
+    """
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self._reference = DualController(
+            budget=state["budget"],
+            step_size=state["step_size"],
+            price_scale=state["price_scale"],
+            rule=state["rule"],
+        )
+        self._published = float(state["lambda"])
+        self._replicas = int(state.get("replicas", 1))
+        self._in_flight: dict[int, float] = {}
+        self._unreported: list[tuple[float, str]] = []
+        self._tickets = itertools.count()
+
+    def publish(self, state: dict[str, Any]) -> None:
+        """Adopt the controller's state after a report (or a retarget)."""
+        self._reference.budget = float(state["budget"])
+        self._reference.step_size = float(state["step_size"])
+        self._reference.price_scale = float(state["price_scale"])
+        self._reference.rule = state["rule"]
+        self._published = float(state["lambda"])
+        self._replicas = int(state.get("replicas", 1))
+
+    def price(self) -> float:
+        """The controller's price moved by this replica's unreported requests."""
+        budget = self._reference.budget
+        overspend = sum(e - budget for e in self._in_flight.values())
+        overspend += sum(c - budget for c, _ in self._unreported)
+        return self._reference.price_after(self._published, self._replicas * overspend)
+
+    def reserve(self, expected_cost: float) -> int:
+        ticket = next(self._tickets)
+        self._in_flight[ticket] = float(expected_cost)
+        return ticket
+
+    def complete(self, ticket: int, cost: float, action: str) -> None:
+        self._in_flight.pop(ticket, None)
+        self._unreported.append((float(cost), action))
+
+    def cancel(self, ticket: int) -> None:
+        """Forget a request that billed nothing."""
+        self._in_flight.pop(ticket, None)
+
+    @property
+    def unreported(self) -> int:
+        return len(self._unreported)
+
+    def restore_report(self, report: list[tuple[float, str]]) -> None:
+        """Put back a report that could not be delivered, ahead of newer requests."""
+        self._unreported = list(report) + self._unreported
+
+    def take_report(self) -> list[tuple[float, str]]:
+        """Return and clear the finished requests to send to the controller."""
+        report, self._unreported = self._unreported, []
+        return report
