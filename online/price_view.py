@@ -7,8 +7,8 @@ controller's new price at each report, so the price it uses is at most one batch
 
 Its own unreported overspend is multiplied by the number of active replicas, on the
 assumption that the others spend alike. Without that factor the reports reach the controller
-late, the price overshoots, and with four replicas reporting every 20 requests the mean cost
-fell 3% short of the budget in a simulation (tests/test_controller.py); with it the
+late and the price overshoots. In a simulation with four replicas reporting every 20 requests
+(tests/test_controller.py), the mean cost then fell 3% short of the budget. With the factor the
 error stayed under 0.1%.
 """
 
@@ -60,7 +60,7 @@ class PriceView:
         self._replicas = int(state.get("replicas", 1))
 
     def price(self) -> float:
-        """The controller's price moved by this replica's unreported requests."""
+        """Return the controller's price moved by this replica's unreported requests."""
         budget = self._reference.budget
         overspend = sum(e - budget for e in self._in_flight.values())
         overspend += sum(c - budget for c, _ in self._unreported)
