@@ -159,7 +159,8 @@ class DualController:
         """
         self._sources[source] = time.monotonic() if now_s is None else now_s
         for cost, action in finished:
-            self.complete(-1, float(cost), action)
+            self._step(float(cost) - self.budget)
+            self._count(float(cost), action)
 
     def active_sources(self, now_s: float | None = None) -> int:
         """Return how many allocators reported within `SOURCE_TTL_S`, at least 1."""
@@ -196,6 +197,9 @@ class DualController:
             self._step(cost - self.budget)
         else:
             self._step(cost - expected)
+        self._count(cost, action)
+
+    def _count(self, cost: float, action: str) -> None:
         self.requests_ += 1
         self.total_cost_ += cost
         self.requests_since_budget_ += 1

@@ -163,12 +163,12 @@ class DualControllerDeployment:
             self._save()
 
     async def report(self, finished: list[tuple[float, str]], source: str) -> dict[str, Any]:
-        """Record an allocator's finished requests; return the state it should adopt."""
-        if finished:
-            self._controller.report(finished, source)
-            self._dirty = True
-        else:
-            self._controller.report([], source)
+        """Record an allocator's finished requests; return the state it should adopt.
+
+        An empty report still marks ``source`` as an active allocator.
+        """
+        self._controller.report(finished, source)
+        self._dirty = self._dirty or bool(finished)
         return self._controller.settings()
 
     async def settings(self) -> dict[str, Any]:
@@ -279,7 +279,10 @@ class Gateway:
 
     async def __del__(self) -> None:
         self._reporter.cancel()
-        await self._flush()
+        try:
+            await self._flush()
+        except Exception:
+            logger.exception("final report to the controller failed at shutdown")
         await self._pool.close()
 
     async def _flush(self) -> None:
