@@ -107,6 +107,7 @@ def _cmd_simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             explore=args.explore,
             feedback=args.feedback,
             in_flight=args.in_flight,
+            report_batch=args.report_batch,
             seed=args.seed,
             step_size=args.step_size,
             rule=args.rule,
@@ -207,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=16,
         metavar="K",
         help="requests reserved and not yet completed when the next one is decided",
+    )
+    sim.add_argument(
+        "--report-batch",
+        type=_positive_int,
+        default=16,
+        metavar="K",
+        help="finished requests the allocator reports to the controller at once",
     )
     sim.add_argument(
         "--seed", type=int, default=0, metavar="S", help="seed of the questions and draws"

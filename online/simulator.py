@@ -21,6 +21,7 @@ from online.features import question_features
 from online.imitation import ImitationPolicy
 from online.learner import Learner
 from online.policy import ValuePolicy
+from online.price_view import PriceView
 from online.samples import Question
 from online.tables import Table, build_table
 from online.trace import (
@@ -123,7 +124,9 @@ class SimulationConfig:
     ``explore`` is the fraction of requests that run the largest action as a probe and train
     the policy on the probe's own majority. ``feedback`` is the fraction of the other requests
     whose gold answer trains the policy after completion. ``in_flight`` is the number of
-    requests reserved and not yet completed when the next one is decided.
+    requests reserved and not yet completed when the next one is decided. ``report_batch`` is
+    how many finished requests the allocator reports to the controller at once, as a gateway
+    replica does (the service also reports every 50 ms, which has no counterpart here).
     """
 
     budget: float
@@ -133,6 +136,7 @@ class SimulationConfig:
     explore: float = 0.0
     feedback: float = 0.0
     in_flight: int = 16
+    report_batch: int = 16
     seed: int = 0
     step_size: float = DEFAULT_STEP_SIZE
     rule: UpdateRule = "additive"
@@ -141,7 +145,7 @@ class SimulationConfig:
 
     def __post_init__(self) -> None:
         _check_positive("budget", self.budget)
-        for name in ("requests", "in_flight", "window"):
+        for name in ("requests", "in_flight", "report_batch", "window"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -259,6 +263,8 @@ class _Simulation:
             unit=warm.unit,
             min_budget=float(warm.actions.sample_counts[0]),
         )
+        # The allocator's view of the price, reporting in batches, as in a gateway replica.
+        self.view = PriceView(self.controller.settings())
         # Separate streams, so that changing one rate leaves the questions and draws unchanged.
         streams = np.random.SeedSequence(config.seed).spawn(4)
         self.pick, self.draw, self.explore, self.feedback = (
@@ -273,10 +279,10 @@ class _Simulation:
         """Decide, reserve, draw and vote one request, as the service's gateway does."""
         probe = bool(self.explore.random() < self.config.explore)
         wants_feedback = bool(self.feedback.random() < self.config.feedback) and not probe
-        price = self.controller.lambda_
+        price = self.view.price()
         index = len(self.actions) - 1 if probe else self.policy.decide_one(record.features, price)
         action = self.actions[index]
-        ticket = self.controller.reserve(float(action.samples))
+        ticket = self.view.reserve(float(action.samples))
         order = self.draw.permutation(len(record.keys))[: action.samples]
         keys = [record.keys[j] for j in order]
         answer = vote(keys).answer
@@ -300,10 +306,17 @@ class _Simulation:
             )
         )
 
+    def report(self) -> None:
+        """Send the finished requests to the controller and adopt its price, as a gateway does."""
+        self.controller.report(self.view.take_report(), "simulator")
+        self.view.publish(self.controller.settings())
+
     def complete_oldest(self) -> None:
         """Bill the oldest request in flight, then learn from it as probes and feedback do."""
         done = self.pending.popleft()
-        self.controller.complete(done.ticket, done.cost, done.action)
+        self.view.complete(done.ticket, done.cost, done.action)
+        if self.view.unreported >= self.config.report_batch:
+            self.report()
         features, gold = done.record.features, done.record.question.gold
         if done.probe:
             self.learner.learn_from_probe(features, done.keys, done.price)
@@ -415,6 +428,7 @@ def simulate(
     for i in tqdm(range(n), desc="simulate", unit="req", disable=not progress, mininterval=0.5):
         if config.retarget is not None and i == config.retarget.at:
             sim.controller.set_budget(config.retarget.budget)
+            sim.view.publish(sim.controller.settings())
         if len(sim.pending) >= config.in_flight:
             sim.complete_oldest()
         current = records[1] if switch_at is not None and i >= switch_at else records[0]
@@ -423,6 +437,7 @@ def simulate(
         sim.dispatch(record, trace, table, i)
     while sim.pending:
         sim.complete_oldest()
+    sim.report()
 
     summary = _summarise(sim, trace, rows, table, pools, switch_at)
     logger.info(
