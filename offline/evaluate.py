@@ -5,8 +5,8 @@ Methods, each scored on held-out questions except the oracle:
 - ``oracle``: the Lagrangian solution with full knowledge, solved on each test fold.
 - ``uniform``: the same spend on every question, mixing the two actions around the budget.
 - ``heuristic``: a difficulty proxy from the question text (`offline.learners.difficulty_scores`).
-- ``learned``: a classifier of the oracle's actions (the paper's learner), guarded towards
-  uniform allocation, with a price offset.
+- ``learned``: a classifier of the oracle's actions (the learner of Solve-then-Learn, Zhai et
+  al., arXiv:2604.14853), guarded towards uniform allocation, with a price offset.
 - ``learned-value``: predicted accuracy per action and the Lagrangian argmax, with a shrinkage
   guard towards the mean curve.
 
@@ -169,8 +169,8 @@ def _best_on_validation(
 ) -> float:
     """Pick the candidate (guard or shrinkage) with the best validation accuracy at ``budget``.
 
-    Ties go to the larger key for guards and the smaller for shrinkages; both are the choice
-    closer to uniform allocation, so callers pass keys ordered by preference on ties.
+    On a tie the candidate that comes first wins. Callers therefore put the choice closest to
+    uniform allocation first: the largest guard, or the smallest shrinkage.
     """
     best_key, best_acc = next(iter(candidates)), -np.inf
     for key, scores in candidates.items():
@@ -229,7 +229,7 @@ def _evaluate_fold(
     result.shrinkage = shrinkage
     record("learned-value", at_budget(data.value_test[shrinkage]))
 
-    # The paper's classifier of oracle actions, trained on oracle labels of the training folds.
+    # The Solve-then-Learn classifier, trained on oracle labels of the training folds.
     def feats(rows: np.ndarray) -> list[dict[str, float]]:
         return [features[i] for i in rows]
 

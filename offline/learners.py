@@ -74,7 +74,8 @@ def value_scores(
 
 
 class OracleClassifier:
-    """The paper's learner: a River softmax regression from cheap features to oracle actions.
+    """The Solve-then-Learn learner (Zhai et al., arXiv:2604.14853): a River softmax regression
+    from cheap features to oracle actions.
 
     >>> clf = OracleClassifier(n_actions=2, epochs=30)
     >>> clf.fit([{"hard": 1.0}, {"hard": 0.0}] * 20, np.array([1, 0] * 20))

@@ -180,8 +180,8 @@ def predicted_values(policy: ValuePolicy, features: Sequence[dict[str, float]]) 
 def policy_cost_curve(values: np.ndarray, cost: np.ndarray, lambdas: np.ndarray) -> CostCurve:
     """Mean cost of the Lagrangian argmax over predicted ``values`` at each price.
 
-    Decisions use the nominal sample counts (``cost`` of the first question with all samples
-    would do), but the cost counted is ``cost[i, a]``, what question ``i`` would bill.
+    Decisions price each action at its nominal sample count (the column maximum of ``cost``),
+    as the service does, but the cost counted is ``cost[i, a]``, what question ``i`` would bill.
     """
     rows = np.arange(values.shape[0])
     nominal = cost.max(axis=0)

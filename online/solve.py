@@ -71,7 +71,7 @@ def _check(accuracy: np.ndarray, cost: np.ndarray, budget: float) -> tuple[np.nd
 
 
 def _start(p: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """The action at an infinite price: the most accurate of the cheapest actions."""
+    """Return the action at an infinite price: the most accurate of the cheapest actions."""
     masked = np.where(c == c[:, :1], p, -np.inf)
     return np.argmax(masked, axis=1)
 

@@ -97,12 +97,12 @@ class BudgetRequest(BaseModel):
 def _describe(error: Mapping[str, Any]) -> str:
     field = ".".join(str(part) for part in error.get("loc", ())) or "body"
     value = error.get("input")
-    shown = json.dumps(value) if _is_json(value) else repr(value)
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
+    received = json.dumps(value) if _is_json(value) else repr(value)
+    if len(received) > 80:
+        received = received[:77] + "..."
     if error.get("type") == "missing":
         return f"field '{field}' is required"
-    return f"field '{field}': {error.get('msg', 'invalid')}, got {shown}"
+    return f"field '{field}': {error.get('msg', 'invalid')}, got {received}"
 
 
 def _is_json(value: Any) -> bool:

@@ -49,7 +49,6 @@ class StreamSummary:
     errors: Counter[str] = field(default_factory=Counter)
     error_examples: dict[str, str] = field(default_factory=dict)
     retarget_index: int | None = None
-    last: dict[str, Any] = field(default_factory=dict)
 
 
 async def _put_budget(session: aiohttp.ClientSession, url: str, budget: float) -> dict[str, Any]:
@@ -102,7 +101,6 @@ async def stream_questions(
                 summary.costs.append(float(body["cost"]))
                 summary.correct.append(answers_match(body.get("answer"), q.gold))
                 summary.ids.append(q.id)
-                summary.last = body
                 done = len(summary.costs)
                 if retarget is not None and summary.retarget_index is None and done >= retarget[0]:
                     summary.retarget_index = done
