@@ -9,6 +9,10 @@ Methods, each scored on held-out questions except the oracle:
   al., arXiv:2604.14853), guarded towards uniform allocation, with a price offset.
 - ``learned-value``: predicted accuracy per action and the Lagrangian argmax, with a shrinkage
   guard towards the mean curve.
+- ``sequential``: draws in batches and stops when more samples would not pay at the price
+  (`online.sequential`), fitted on the training folds' recorded orderings.
+- ``early-stop``: stops once the top answer's lead is likely real (Adaptive-Consistency's
+  criterion), with no budget; its cost is whatever it spends.
 
 Guards (how far to trust a learned model against uniform allocation) are chosen on validation
 predictions from an inner K-fold inside the training folds; the test fold's predictions are the
@@ -39,6 +43,14 @@ from offline.pricing import Allocation, PriceRule
 from online.actions import ActionSpace
 from online.features import question_features
 from online.samples import Question
+from online.sequential import (
+    Outcomes,
+    SequentialPolicy,
+    Trajectories,
+    early_stop_rollout,
+    match_budget,
+    question_outcomes,
+)
 from online.solve import solve
 from online.tables import CostUnit, Table, build_table, uniform_allocation
 
@@ -46,7 +58,15 @@ __all__ = ["METHODS", "EvaluationSettings", "evaluate"]
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("oracle", "uniform", "heuristic", "learned", "learned-value")
+METHODS = (
+    "oracle",
+    "uniform",
+    "heuristic",
+    "learned",
+    "learned-value",
+    "sequential",
+    "early-stop",
+)
 SHRINKAGES = (0.0, 0.1, 0.25, 0.5, 1.0)
 GUARDS = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
 
@@ -62,6 +82,9 @@ class EvaluationSettings:
     classifier_epochs: int = 10
     unit: CostUnit = "samples"
     actions: ActionSpace = field(default_factory=ActionSpace)
+    orderings: int = 128
+    sequential_groups: int = 3
+    sequential_smoothing: float = 20.0
 
 
 def _subset(table: Table, rows: np.ndarray) -> Table:
@@ -108,6 +131,8 @@ class _FoldData:
     value_validation: dict[float, np.ndarray]
     heuristic_test: np.ndarray
     heuristic_validation: np.ndarray
+    sequential: SequentialPolicy
+    sequential_groups: np.ndarray
 
 
 def _inner_splits(rows: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -121,11 +146,12 @@ def _inner_splits(rows: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndar
 def _prepare_fold(
     table: Table,
     features: list[dict[str, float]],
+    sequences: _Sequences,
     train: np.ndarray,
     test: np.ndarray,
     settings: EvaluationSettings,
 ) -> _FoldData:
-    """Fit the budget-independent models: value predictions and the heuristic."""
+    """Fit the budget-independent models: value predictions, heuristic, sequential policy."""
 
     def feats(rows: np.ndarray) -> list[dict[str, float]]:
         return [features[i] for i in rows]
@@ -156,8 +182,23 @@ def _prepare_fold(
             feats(fit_rows), feats(held_rows), table.accuracy[fit_rows]
         )
     heuristic_test = difficulty_scores(feats(train), test_feats, table.accuracy[train])
+    sequential = SequentialPolicy.fit(
+        sequences.trajectories.subset(train),
+        feats(train),
+        [sequences.outcomes[i] for i in train],
+        table.actions,
+        groups=settings.sequential_groups,
+        smoothing=settings.sequential_smoothing,
+    )
     return _FoldData(
-        train, test, value_test, value_validation, heuristic_test, heuristic_validation
+        train,
+        test,
+        value_test,
+        value_validation,
+        heuristic_test,
+        heuristic_validation,
+        sequential,
+        sequential.groups.assign(test_feats),
     )
 
 
@@ -192,11 +233,22 @@ class _FoldResult:
     max_gap: float = 0.0
     guard: float = 0.0
     shrinkage: float = 0.0
+    rounds: dict[str, float] = field(default_factory=dict)
+    sequential_cost_carried: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Sequences:
+    """Every question's outcomes and random orderings of its samples, for sequential rules."""
+
+    outcomes: list[Outcomes]
+    trajectories: Trajectories
 
 
 def _evaluate_fold(
     table: Table,
     features: list[dict[str, float]],
+    sequences: _Sequences,
     data: _FoldData,
     budget: float,
     settings: EvaluationSettings,
@@ -261,6 +313,24 @@ def _evaluate_fold(
     result.imitation_raw = float(((raw == label) | (raw == alternative)).mean())
     result.regret = float((best - allocation.expected(lagrangian)).mean())
     result.max_gap = float(gap.max())
+
+    # Sequential: the price is set on the test fold's realised spend, as the dual controller
+    # sets it online by watching what requests cost. The price matched on the training folds
+    # and carried over is recorded too, to show how far off it spends.
+    test_orderings = sequences.trajectories.subset(data.test)
+    matched = match_budget(data.sequential, test_orderings, data.sequential_groups, budget)
+    result.accuracy["sequential"] = float(matched.rollout.accuracy.mean())
+    result.cost["sequential"] = float(matched.rollout.cost.mean())
+    result.rounds["sequential"] = float(matched.rollout.rounds.mean())
+    train_orderings = sequences.trajectories.subset(data.train)
+    train_groups = data.sequential.groups.assign([features[i] for i in data.train])
+    on_train = match_budget(data.sequential, train_orderings, train_groups, budget)
+    carried = data.sequential.rollout(test_orderings, data.sequential_groups, on_train.lambda_)
+    result.sequential_cost_carried = float(carried.cost.mean())
+    early = early_stop_rollout(test_orderings)
+    result.accuracy["early-stop"] = float(early.accuracy.mean())
+    result.cost["early-stop"] = float(early.cost.mean())
+    result.rounds["early-stop"] = float(early.rounds.mean())
     return result
 
 
@@ -302,6 +372,13 @@ def _summarise(results: list[_FoldResult], budget: float) -> dict[str, Any]:
         "max_gap": max_gap,
         "guards": [r.guard for r in results],
         "shrinkages": [r.shrinkage for r in results],
+        "rounds": {
+            name: float(np.average([r.rounds[name] for r in results], weights=weights))
+            for name in ("sequential", "early-stop")
+        },
+        "sequential_cost_with_training_price": float(
+            np.average([r.sequential_cost_carried for r in results], weights=weights)
+        ),
     }
 
 
@@ -324,6 +401,16 @@ def evaluate(
         )
     table = build_table(questions, settings.actions, settings.unit, progress=progress)
     features = [question_features(q.question, q.meta) for q in questions]
+    outcomes = [question_outcomes(q, settings.unit) for q in questions]
+    sequences = _Sequences(
+        outcomes,
+        Trajectories.sample(
+            outcomes,
+            range(1, settings.actions.max_samples + 1),
+            settings.orderings,
+            settings.seed,
+        ),
+    )
     cheapest = float(table.cost[:, 0].mean())
     for budget in budgets:
         if not budget > cheapest:
@@ -342,10 +429,12 @@ def evaluate(
     for f in range(settings.folds):
         test = parts[f]
         train = np.concatenate([parts[g] for g in range(settings.folds) if g != f])
-        data = _prepare_fold(table, features, train, test, settings)
+        data = _prepare_fold(table, features, sequences, train, test, settings)
         steps.update()
         for budget in budgets:
-            per_budget[budget].append(_evaluate_fold(table, features, data, budget, settings))
+            per_budget[budget].append(
+                _evaluate_fold(table, features, sequences, data, budget, settings)
+            )
             steps.update()
     steps.close()
     full = {}

@@ -42,10 +42,17 @@ def _markdown(report: dict[str, Any], curve: list[dict[str, Any]], source: str) 
         f"(1 - imitation accuracy) x max gap = {report['regret_bound']:.5f}.",
         f"Guard towards uniform chosen per fold (`learned`): {report['guards']}; "
         f"shrinkage per fold (`learned-value`): {report['shrinkages']}.",
+        f"Rounds of backend calls per request: `sequential` {report['rounds']['sequential']:.2f}, "
+        f"`early-stop` {report['rounds']['early-stop']:.2f}; every other method makes one call.",
+        "`sequential` with the price matched on the training folds instead spends "
+        f"{report['sequential_cost_with_training_price']:.3f} on the test folds.",
+        "`early-stop` has no budget: its mean cost is what it spends.",
         "",
         "The oracle is in-sample by definition. Every other method is measured on held-out "
         "questions: its guard is chosen on the training folds, and its price is set on the "
-        "test fold's own predictions, which uses no outcome of a test question.",
+        "test fold's own predictions, which uses no outcome of a test question. `sequential` "
+        "is fitted on the training folds; its price is set on the test fold's realised spend, "
+        "as the dual controller sets it online from what requests cost.",
     ]
     if len(curve) > 1:
         lines += ["", "## Accuracy against budget", ""]

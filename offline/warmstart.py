@@ -17,10 +17,22 @@ from online.imitation import ImitationPolicy
 from online.lagrangian import lagrangian_argmax
 from online.policy import ValuePolicy
 from online.samples import Question
+from online.sequential import (
+    SequentialPolicy,
+    Trajectories,
+    price_ceiling,
+    question_outcomes,
+)
 from online.solve import solve
 from online.tables import Table, build_table
 
-__all__ = ["TrainingSet", "build_warmstart", "fit_value_policy", "policy_cost_curve"]
+__all__ = [
+    "TrainingSet",
+    "build_warmstart",
+    "fit_sequential_policy",
+    "fit_value_policy",
+    "policy_cost_curve",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +185,26 @@ def imitation_cost_curve(
     return CostCurve.from_points(grid, costs)
 
 
+def fit_sequential_policy(
+    training: TrainingSet, orderings: int = 128, seed: int = 0, groups: int = 3
+) -> tuple[SequentialPolicy, CostCurve]:
+    """Fit the sequential policy on every training question, and its mean cost by price.
+
+    The cost curve is the mean realised cost over the questions' recorded orderings.
+    """
+    outcomes = [question_outcomes(q, training.table.unit) for q in training.questions]
+    rungs = range(1, training.table.actions.max_samples + 1)
+    trajectories = Trajectories.sample(outcomes, rungs, orderings, seed)
+    policy = SequentialPolicy.fit(
+        trajectories, training.features, outcomes, training.table.actions, groups=groups
+    )
+    assigned = policy.groups.assign(training.features)
+    ceiling = price_ceiling(trajectories)
+    grid = np.concatenate([[0.0], np.geomspace(ceiling * 1e-5, ceiling, 120)])
+    costs = [float(policy.rollout(trajectories, assigned, lam).cost.mean()) for lam in grid]
+    return policy, CostCurve.from_points(grid, costs)
+
+
 def predicted_values(policy: ValuePolicy, features: Sequence[dict[str, float]]) -> np.ndarray:
     return np.array([policy.predict_values_one(x) for x in features])
 
@@ -230,6 +262,8 @@ def build_warmstart(
     imitation, prices = fit_imitation_policy(training.features, table, seed=seed, progress=progress)
     imitation_curve = imitation_cost_curve(imitation, training.features, table.cost, prices)
     imitation_price = imitation_curve.price_for(budget)
+    sequential, sequential_curve = fit_sequential_policy(training, seed=seed)
+    sequential_price = sequential_curve.price_for(budget)
     rows = np.arange(len(values))
     chosen = lagrangian_argmax(values, table.cost.max(axis=0), policy_price)
     metrics = {
@@ -253,6 +287,11 @@ def build_warmstart(
         extra_policies={
             "imitation": PolicyEntry(
                 imitation, imitation_curve, imitation_price if imitation_price > 0 else price_scale
-            )
+            ),
+            "sequential": PolicyEntry(
+                sequential,
+                sequential_curve,
+                sequential_price if sequential_price > 0 else price_scale,
+            ),
         },
     )

@@ -2,8 +2,9 @@
 
 Fields: format version, cost unit, action sample counts, the budget it was solved at, the
 oracle's price ``lambda_star`` there, the value policy with its cost curve and price scale,
-other policies (the budget-aware imitation policy) with theirs, and where it was trained. Each
-policy is a pickle inside the msgpack map, so load artifacts only from sources you trust.
+other policies (the budget-aware imitation policy and the sequential policy) with theirs, and
+where it was trained. Each policy is a pickle inside the msgpack map, so load artifacts only
+from sources you trust.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from online.actions import ActionSpace
 from online.cost_curve import CostCurve
 from online.imitation import ImitationPolicy
 from online.policy import ValuePolicy
+from online.sequential import SequentialPolicy
 
 __all__ = ["DEFAULT_ARTIFACT", "POLICY_KINDS", "PolicyEntry", "WarmStart"]
 
@@ -26,14 +28,15 @@ DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "data" / "warmstart.msgpack
 _FORMAT = 1
 
 
-POLICY_KINDS = ("value", "imitation")
+POLICY_KINDS = ("value", "imitation", "sequential")
+AnyPolicy = ValuePolicy | ImitationPolicy | SequentialPolicy
 
 
 @dataclass
 class PolicyEntry:
     """A served policy with its mean cost against the price on the training questions."""
 
-    policy: ValuePolicy | ImitationPolicy
+    policy: AnyPolicy
     cost_curve: CostCurve
     price_scale: float
 
@@ -46,11 +49,13 @@ def _curve_from_msgpack(raw: dict[str, Any]) -> CostCurve:
     return CostCurve.from_points(raw["lambdas"], raw["costs"])
 
 
-def _load_policy(blob: bytes, kind: str) -> ValuePolicy | ImitationPolicy:
+def _load_policy(blob: bytes, kind: str) -> AnyPolicy:
     policy = pickle.loads(blob)
     if kind == "value" and isinstance(policy, ValuePolicy):
         return policy
     if kind == "imitation" and isinstance(policy, ImitationPolicy):
+        return policy
+    if kind == "sequential" and isinstance(policy, SequentialPolicy):
         return policy
     raise ValueError(f"policy {kind!r} in artifact is a {type(policy).__name__}")
 

@@ -23,6 +23,7 @@ from online.learner import Learner
 from online.policy import ValuePolicy
 from online.price_view import PriceView
 from online.samples import Question
+from online.sequential import STOP, SequentialPolicy
 from online.tables import Table, build_table
 from online.trace import (
     Trace,
@@ -57,7 +58,7 @@ CONVERGENCE_TOLERANCE = 0.02
 class ServedPolicy:
     """A policy, its mean cost against the price and its typical price, for the controller."""
 
-    policy: ValuePolicy | ImitationPolicy
+    policy: ValuePolicy | ImitationPolicy | SequentialPolicy
     cost_curve: CostCurve
     price_scale: float
 
@@ -91,6 +92,7 @@ def _uniform_policy(warm: WarmStart) -> ServedPolicy:
 POLICIES: dict[str, Callable[[WarmStart], ServedPolicy]] = {
     "value": _artifact_policy("value"),
     "imitation": _artifact_policy("imitation"),
+    "sequential": _artifact_policy("sequential"),
     "uniform": _uniform_policy,
 }
 
@@ -252,7 +254,13 @@ class _Simulation:
         self.config = config
         self.actions = warm.actions
         self.policy = served.policy
-        self.learner = Learner(served.policy)
+        self.cost_curve = served.cost_curve
+        self.action_index = {name: j for j, name in enumerate(warm.actions.names)}
+        # NOTE: the sequential policy does not learn from the stream; its probes still run
+        # and count against the budget.
+        self.learner = (
+            None if isinstance(served.policy, SequentialPolicy) else Learner(served.policy)
+        )
         self.controller = DualController(
             budget=config.budget,
             cost_curve=served.cost_curve,
@@ -280,17 +288,32 @@ class _Simulation:
         probe = bool(self.explore.random() < self.config.explore)
         wants_feedback = bool(self.feedback.random() < self.config.feedback) and not probe
         price = self.view.price()
-        index = len(self.actions) - 1 if probe else self.policy.decide_one(record.features, price)
-        action = self.actions[index]
-        ticket = self.view.reserve(float(action.samples))
-        order = self.draw.permutation(len(record.keys))[: action.samples]
-        keys = [record.keys[j] for j in order]
+        order = self.draw.permutation(len(record.keys))
+        if isinstance(self.policy, SequentialPolicy) and not probe:
+            ticket = self.view.reserve(self.cost_curve.cost_at(price))
+            keys, name = self._draw_sequentially(record, order, price)
+        else:
+            if probe:
+                index = len(self.actions) - 1
+            else:
+                assert not isinstance(self.policy, SequentialPolicy)
+                index = self.policy.decide_one(record.features, price)
+            name = self.actions[index].name
+            ticket = self.view.reserve(float(self.actions[index].samples))
+            keys = [record.keys[j] for j in order[: self.actions[index].samples]]
         answer = vote(keys).answer
         self.probes += probe
         trace.lambdas[i] = price
         trace.costs[i] = len(keys)
         trace.correct[i] = answer is not None and record.key_correct.get(answer, False)
-        trace.expected[i] = table.accuracy[record.row, index]
+        # A sequential request has no fixed action: its outcome stands for its expectation.
+        sequential = name not in self.action_index or (
+            isinstance(self.policy, SequentialPolicy) and not probe
+        )
+        if sequential:
+            trace.expected[i] = trace.correct[i]
+        else:
+            trace.expected[i] = table.accuracy[record.row, self.action_index[name]]
         trace.budgets[i] = self.controller.budget
         self.pending.append(
             _Pending(
@@ -299,12 +322,32 @@ class _Simulation:
                 keys=keys,
                 answer=answer,
                 price=price,
-                action=action.name,
+                action=name,
                 cost=float(len(keys)),
                 probe=probe,
                 feedback=wants_feedback,
             )
         )
+
+    def _draw_sequentially(
+        self, record: _Recorded, order: np.ndarray, price: float
+    ) -> tuple[list[str | None], str]:
+        """Draw batches up to the rungs the sequential policy picks; name the request by its size.
+
+        A request that ends on an action's sample count is counted as that action, any other
+        as ``draw@n``.
+        """
+        assert isinstance(self.policy, SequentialPolicy)
+        rungs = self.policy.rungs_
+        rung = self.policy.first_rung(record.features, price)
+        while True:
+            keys = [record.keys[j] for j in order[: rungs[rung]]]
+            nxt = self.policy.next_rung(record.features, rung, keys, price)
+            if nxt == STOP or len(keys) == len(order):
+                break
+            rung = nxt
+        count = len(keys)
+        return keys, f"vote@{count}" if count in self.actions.sample_counts else f"draw@{count}"
 
     def report(self) -> None:
         """Send the finished requests to the controller and adopt its price, as a gateway does."""
@@ -318,6 +361,8 @@ class _Simulation:
         if self.view.unreported >= self.config.report_batch:
             self.report()
         features, gold = done.record.features, done.record.question.gold
+        if self.learner is None:
+            return
         if done.probe:
             self.learner.learn_from_probe(features, done.keys, done.price)
             if gold is not None:
@@ -361,7 +406,7 @@ def _summarise(
         "pseudo_label_agreement": (
             sim.probes_agreeing / sim.probes_judged if sim.probes_judged else None
         ),
-        "labels_learned": sim.learner.labels_,
+        "labels_learned": sim.learner.labels_ if sim.learner is not None else 0,
     }
     bounds = {0, config.requests}
     if config.retarget is not None:

@@ -36,7 +36,8 @@ class Trace:
 
     ``lambdas`` is the price at which each request was decided and ``costs`` the samples
     billed. ``correct`` is 1 where the voted answer was right, else 0. ``expected`` is the
-    exact expected accuracy of the action taken on that question, and ``budgets`` the budget
+    exact expected accuracy of the action taken on that question (for a sequential request,
+    which has no fixed action, the outcome itself), and ``budgets`` the budget
     in force.
     """
 

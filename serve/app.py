@@ -3,7 +3,9 @@
 Request path: the gateway validates the request, computes the question's features, takes the
 policy's action at its view of the price (`online.price_view.PriceView`), reserves the action's
 cost in that view, draws and votes the samples through the worker pool, and records the billed
-cost. Each gateway replica reports finished requests to the controller in batches (at least
+cost. With the sequential policy the gateway draws in rounds instead, asking the policy after
+each round whether more samples pay at the price, and reserves the policy's mean cost at that
+price. Each gateway replica reports finished requests to the controller in batches (at least
 every ``report_interval_s``) and adopts the controller's price and budget in return, so no
 request waits on the controller. The controller is a single replica because it owns the price
 and the budget.
@@ -24,7 +26,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from online.answers import answers_match
+from online.answers import answers_match, vote
 from online.artifact import WarmStart
 from online.controller import DualController
 from online.datasets import load_dataset
@@ -32,6 +34,7 @@ from online.features import question_features
 from online.learner import Learner
 from online.price_view import PriceView
 from online.samples import Question, read_samples
+from online.sequential import STOP, SequentialPolicy
 from serve.api import (
     ApiError,
     BudgetRequest,
@@ -41,7 +44,7 @@ from serve.api import (
     parse_body,
 )
 from serve.replay import ReplayBackend
-from serve.sampler import BackendError, SamplerPool
+from serve.sampler import BackendError, SampleResult, SamplerPool
 from serve.settings import AppSettings, ControllerSettings, ReplaySettings
 
 __all__ = [
@@ -263,8 +266,13 @@ class Gateway:
         self._settings = AppSettings.model_validate(settings)
         self._controller = controller
         self._warm = WarmStart.load(self._settings.controller.artifact)
-        self._policy = self._warm.entry(self._settings.controller.policy).policy
-        self._learner = Learner(self._policy)
+        entry = self._warm.entry(self._settings.controller.policy)
+        self._policy = entry.policy
+        self._cost_curve = entry.cost_curve
+        # NOTE: the sequential policy does not learn from feedback; feedback is still counted.
+        self._learner = None
+        if not isinstance(self._policy, SequentialPolicy):
+            self._learner = Learner(self._policy)
         self._actions = self._warm.actions
         self._memory: OrderedDict[str, _Remembered] = OrderedDict()
         if replay is not None:
@@ -317,11 +325,15 @@ class Gateway:
         request_id = body.id or uuid.uuid4().hex
         features = question_features(body.question, body.metadata)
         decided_at = self._price.price()
+        seed = zlib.crc32(request_id.encode()) if self._settings.seed_from_id else None
+        if isinstance(self._policy, SequentialPolicy):
+            return await self._solve_in_rounds(
+                body.question, request_id, features, decided_at, seed
+            )
         index = self._policy.decide_one(features, decided_at)
         action = self._actions[index]
 
         ticket = self._price.reserve(float(action.samples))
-        seed = zlib.crc32(request_id.encode()) if self._settings.seed_from_id else None
         try:
             result = await self._pool.sample(body.question, action.samples, seed=seed)
         except BackendError as exc:
@@ -349,9 +361,83 @@ class Gateway:
                 "lambda": decided_at,
                 "votes": result.votes,
                 "text": result.text,
+                "rounds": 1,
                 "usage": {
                     "prompt_tokens": result.prompt_tokens,
                     "completion_tokens": result.completion_tokens,
+                },
+            }
+        )
+
+    async def _solve_in_rounds(
+        self,
+        question: str,
+        request_id: str,
+        features: dict[str, float],
+        decided_at: float,
+        seed: int | None,
+    ) -> JSONResponse:
+        """Draw up to the sequential policy's rungs, one backend call per round, then vote.
+
+        Every round is decided at the price the request started with. A backend failure after
+        the first round ends the request with the samples already billed.
+        """
+        assert isinstance(self._policy, SequentialPolicy)
+        policy = self._policy
+        ticket = self._price.reserve(self._cost_curve.cost_at(decided_at))
+        rung = policy.first_rung(features, decided_at)
+        rounds: list[SampleResult] = []
+        keys: list[str | None] = []
+        while True:
+            wanted = policy.rungs_[rung] - len(keys)
+            round_seed = None if seed is None else (seed + len(rounds)) & 0xFFFFFFFF
+            try:
+                result = await self._pool.sample(question, wanted, seed=round_seed)
+            except BackendError as exc:
+                if not rounds:
+                    logger.warning("request %s failed at the backend: %s", request_id, exc)
+                    self._price.cancel(ticket)
+                    raise _backend_error(exc) from None
+                logger.warning(
+                    "request %s: round %d failed at the backend (%s); voting on %d samples",
+                    request_id,
+                    len(rounds) + 1,
+                    exc,
+                    len(keys),
+                )
+                break
+            rounds.append(result)
+            keys.extend(result.keys)
+            if result.samples_used < wanted:
+                break
+            following = policy.next_rung(features, rung, keys, decided_at)
+            if following == STOP:
+                break
+            rung = following
+
+        texts = [text for r in rounds for text in r.texts]
+        voted = vote(keys)
+        drawn = len(keys)
+        name = f"vote@{drawn}" if drawn in self._actions.sample_counts else f"draw@{drawn}"
+        cost = float(drawn)
+        self._price.complete(ticket, cost, name)
+        if self._price.unreported >= self._settings.report_batch:
+            self._flush_now.set()
+        self._remember(request_id, _Remembered(features, voted.answer, keys, decided_at))
+        return JSONResponse(
+            {
+                "id": request_id,
+                "answer": voted.answer,
+                "action": {"name": name, "samples": drawn},
+                "samples_used": drawn,
+                "cost": cost,
+                "lambda": decided_at,
+                "votes": voted.counts,
+                "text": texts[voted.index] if voted.index is not None else None,
+                "rounds": len(rounds),
+                "usage": {
+                    "prompt_tokens": sum(r.prompt_tokens for r in rounds),
+                    "completion_tokens": sum(r.completion_tokens for r in rounds),
                 },
             }
         )
@@ -377,7 +463,7 @@ class Gateway:
         correct: bool | None = None
         if body.correct_answer is not None:
             correct = answers_match(entry.answer, body.correct_answer)
-            if self._settings.learn_from_feedback:
+            if self._settings.learn_from_feedback and self._learner is not None:
                 self._learner.learn_from_gold(
                     entry.features, entry.keys, body.correct_answer, entry.lambda_
                 )

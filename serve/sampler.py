@@ -59,6 +59,7 @@ class SampleResult:
     prompt_tokens: int
     completion_tokens: int
     keys: list[str | None] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
 
 
 class SamplerPool:
@@ -143,6 +144,7 @@ class SamplerPool:
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
             keys=keys,
+            texts=texts,
         )
 
 

@@ -42,9 +42,12 @@ class ControllerSettings(BaseModel):
     )
     snapshot_interval_s: float = Field(1.0, gt=0, description="minimum seconds between snapshots")
     artifact: str | None = Field(None, description="warm-start artifact; None uses the bundled one")
-    policy: Literal["value", "imitation"] = Field(
+    policy: Literal["value", "imitation", "sequential"] = Field(
         "value",
-        description="served policy: value prediction, or the classifier with the price as input",
+        description=(
+            "served policy: value prediction, the classifier with the price as input, or "
+            "sequential batches that stop when more samples would not pay at the price"
+        ),
     )
 
 

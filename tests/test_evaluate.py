@@ -60,10 +60,24 @@ def test_oracle_spends_budget(svamp_reports: dict) -> None:
     assert oracle["mean_cost"] == pytest.approx(3.0, rel=0.005)
 
 
+# Policies that fix the number of samples before drawing any: the oracle bounds them.
+BEFORE_SAMPLING = ("uniform", "heuristic", "learned", "learned-value")
+
+
 def test_oracle_is_most_accurate(svamp_reports: dict) -> None:
     methods = svamp_reports[3.0]["methods"]
-    for name in METHODS:
+    for name in BEFORE_SAMPLING:
         assert methods["oracle"]["accuracy"] >= methods[name]["accuracy"] - 1e-12, name
+
+
+def test_sequential_spends_budget_and_beats_learned(svamp_reports: dict) -> None:
+    report = svamp_reports[3.0]
+    methods = report["methods"]
+    assert methods["sequential"]["mean_cost"] == pytest.approx(3.0, rel=1e-6)
+    for name in ("uniform", "learned", "learned-value"):
+        assert methods["sequential"]["accuracy"] > methods[name]["accuracy"] + 0.005, name
+    assert 1.0 <= report["rounds"]["sequential"] <= 15.0
+    assert report["sequential_cost_with_training_price"] == pytest.approx(3.0, rel=0.1)
 
 
 def test_regret_bound_holds(svamp_reports: dict) -> None:
@@ -86,11 +100,12 @@ def test_unseen_samples_file_policies_hold() -> None:
     reports = evaluate(synthetic_questions(), [3.0, 5.0], FAST)
     for budget, report in reports.items():
         methods = report["methods"]
-        for name in METHODS:
+        for name in (*BEFORE_SAMPLING, "oracle", "sequential"):
             assert methods[name]["mean_cost"] == pytest.approx(budget, rel=0.02), (budget, name)
         uniform = methods["uniform"]["accuracy"]
         for name in ("learned", "learned-value"):
             assert methods[name]["accuracy"] >= uniform - 0.01, (budget, name)
+        assert methods["sequential"]["accuracy"] > methods["learned"]["accuracy"], budget
         assert report["regret"] <= report["regret_bound"] + 1e-12
 
 
@@ -139,7 +154,9 @@ def test_cli_writes_report_files(tmp_path: Path) -> None:
     report = json.loads((out / "report.json").read_text())
     assert report["budget"] == 3.0
     assert [point["budget"] for point in report["curve"]] == [2.0, 3.0, 4.0]
-    assert "| learned-value |" in (out / "report.md").read_text()
+    markdown = (out / "report.md").read_text()
+    assert "| learned-value |" in markdown
+    assert "| sequential |" in markdown
     assert (out / "budget_curve.png").stat().st_size > 1000
 
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -57,6 +58,52 @@ async def test_solve_response_fields(service_url: str) -> None:
     assert body["cost"] == float(body["samples_used"])
     assert sum(body["votes"].values()) <= body["samples_used"]
     assert body["lambda"] >= 0
+
+
+@pytest.fixture
+def sequential_url(service_url: str, app_settings) -> Iterator[str]:
+    """A second application under ``/seq`` that serves the sequential policy at budget 3.
+
+    It is deleted after the test, so that other tests see one controller.
+    """
+    from conftest import free_port
+    from ray import serve
+
+    from serve.app import compose_app
+
+    replay_port = free_port()
+    settings = app_settings.model_copy(
+        update={
+            "backend": app_settings.backend.model_copy(
+                update={"base_url": f"http://127.0.0.1:{replay_port}/v1"}
+            ),
+            "replay": app_settings.replay.model_copy(update={"port": replay_port}),
+            "controller": app_settings.controller.model_copy(
+                update={"budget": 3.0, "policy": "sequential", "state_path": None}
+            ),
+        }
+    )
+    serve.run(compose_app(settings), name="ttc-sequential", route_prefix="/seq")
+    yield f"{service_url}/seq"
+    serve.delete("ttc-sequential")
+
+
+async def test_sequential_policy_holds_budget(sequential_url: str) -> None:
+    questions = load_dataset("svamp")
+    summary = await stream_questions(questions[:600], sequential_url, concurrency=8, progress=False)
+    assert not summary.errors
+    assert sum(summary.costs) / len(summary.costs) == pytest.approx(3.0, rel=0.03)
+    assert sum(summary.correct) / len(summary.correct) > 0.8
+    status, body = await request(
+        "POST", f"{sequential_url}/v1/solve", {"question": QUESTION.question, "id": "seq-1"}
+    )
+    assert status == 200, body
+    assert body["rounds"] >= 1
+    assert body["samples_used"] == body["action"]["samples"] == body["cost"]
+    assert sum(body["votes"].values()) <= body["samples_used"]
+    stats = await settled_stats(sequential_url)
+    assert stats["budget"] == 3.0
+    assert stats["requests"] >= 601
 
 
 async def test_stream_holds_budget_then_retarget(service_url: str) -> None:

@@ -237,3 +237,23 @@ def test_cli_reports_missing_samples_file(
     status = main(["simulate", *args, "--out", str(tmp_path / "out")])
     assert status == 2
     assert "missing.jsonl" in capsys.readouterr().err
+
+
+def test_sequential_policy_holds_budget_and_beats_uniform(svamp: QuestionPool) -> None:
+    summary = simulate(
+        svamp, SimulationConfig(budget=3.0, requests=10_000, policy="sequential")
+    ).summary
+    assert summary["policy"] == "sequential"
+    assert summary["mean_cost"] == pytest.approx(3.0, rel=0.01)
+    assert summary["accuracy"] > summary["uniform_accuracy"] + 0.01
+    # Requests end at any sample count, not only at the actions' counts.
+    assert any(name.startswith("draw@") for name in summary["actions"])
+
+
+def test_sequential_policy_follows_a_retarget(svamp: QuestionPool) -> None:
+    config = SimulationConfig(
+        budget=4.0, requests=6_000, policy="sequential", retarget=Retarget(3_000, 2.0)
+    )
+    summary = simulate(svamp, config).summary
+    assert summary["mean_cost_before"] == pytest.approx(4.0, rel=0.02)
+    assert summary["mean_cost_after"] == pytest.approx(2.0, rel=0.02)
