@@ -12,6 +12,8 @@ and the budget.
 import asyncio
 import contextlib
 import logging
+import math
+import os
 import uuid
 import zlib
 from collections import OrderedDict
@@ -22,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
 from online.answers import answers_match
@@ -37,11 +40,12 @@ from serve.api import (
     BudgetRequest,
     FeedbackRequest,
     SolveRequest,
+    check_admin_token,
     error_response,
     parse_body,
 )
 from serve.replay import ReplayBackend
-from serve.sampler import BackendError, SamplerPool
+from serve.sampler import BackendError, PoolOverloaded, SamplerPool
 from serve.settings import AppSettings, ControllerSettings, ReplaySettings
 
 __all__ = [
@@ -218,6 +222,7 @@ class ReplayDeployment:
             seed=s.seed,
             latency_ms=s.latency_ms,
             latency_per_sample_ms=s.latency_per_sample_ms,
+            faults=s.faults,
         )
         await self._backend.start(s.host, s.port)
 
@@ -232,11 +237,19 @@ class ReplayDeployment:
 
 
 def _backend_error(exc: BackendError) -> ApiError:
+    """Map a failed backend request to the client's error; ``cost`` is what it was billed."""
+    cost = float(exc.billed_samples)
+    retry_after_s = math.ceil(exc.retry_after_s or 1)
+    if isinstance(exc, PoolOverloaded):
+        message = f"the service is overloaded, retry later: {exc}"
+        return ApiError(503, "overloaded", message, retry_after_s, cost)
     if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
-        return ApiError(422, "backend_rejected", f"the LLM backend rejected the question: {exc}")
+        message = f"the LLM backend rejected the question: {exc}"
+        return ApiError(422, "backend_rejected", message, cost=cost)
     if exc.status == 429:
-        return ApiError(503, "backend_overloaded", f"the LLM backend is overloaded: {exc}", 1)
-    return ApiError(502, "backend_error", f"the LLM backend failed: {exc}")
+        message = f"the LLM backend is overloaded: {exc}"
+        return ApiError(503, "backend_overloaded", message, retry_after_s, cost)
+    return ApiError(502, "backend_error", f"the LLM backend failed: {exc}", cost=cost)
 
 
 @dataclass
@@ -249,7 +262,15 @@ class _Remembered:
     lambda_: float
 
 
-@serve.deployment(name="Gateway", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
+# Beyond max_ongoing_requests per replica, Serve queues up to max_queued_requests and rejects
+# the rest with 503 and Retry-After, so overload is answered at once instead of piling up.
+@serve.deployment(
+    name="Gateway",
+    max_ongoing_requests=256,
+    max_queued_requests=512,
+    backpressure_config=BackpressureConfig(retry_after_s=1),
+    ray_actor_options={"num_cpus": 0},
+)
 @serve.ingress(api)
 class Gateway:
     """HTTP ingress: validation, the policy's decision, sampling, voting and cost reporting."""
@@ -272,6 +293,12 @@ class Gateway:
             logger.info("replay backend ready at %s", url)
         self._pool = SamplerPool(self._settings.backend)
         await self._pool.start()
+        self._admin_token = os.environ.get(self._settings.admin_token_env) or None
+        if self._admin_token is None:
+            logger.warning(
+                "%s is not set: any client can change the budget",
+                self._settings.admin_token_env,
+            )
         self._source = uuid.uuid4().hex[:12]
         self._price = PriceView(await controller.settings.remote())
         self._flush_now = asyncio.Event()
@@ -326,11 +353,14 @@ class Gateway:
             result = await self._pool.sample(body.question, action.samples, seed=seed)
         except BackendError as exc:
             logger.warning("request %s failed at the backend: %s", request_id, exc)
-            # Nothing was billed, so the reservation is withdrawn, not completed at cost 0.
-            self._price.cancel(ticket)
+            if exc.billed_samples:
+                self._price.complete(ticket, float(exc.billed_samples), action.name)
+            else:
+                # Nothing was billed, so the reservation is withdrawn, not completed at cost 0.
+                self._price.cancel(ticket)
             raise _backend_error(exc) from None
 
-        cost = float(result.samples_used)
+        cost = float(result.billed_samples)
         self._price.complete(ticket, cost, action.name)
         if self._price.unreported >= self._settings.report_batch:
             self._flush_now.set()
@@ -390,6 +420,7 @@ class Gateway:
 
     @api.put("/v1/budget")
     async def put_budget(self, request: Request) -> JSONResponse:
+        check_admin_token(request, self._admin_token)
         body = await parse_body(request, BudgetRequest)
         state = await self._controller.set_budget.remote(body.budget)
         if "error" in state:
