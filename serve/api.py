@@ -23,7 +23,9 @@ __all__ = [
     "FeedbackRequest",
     "SolveRequest",
     "check_admin_token",
+    "decode_body",
     "error_response",
+    "json_body_schema",
     "parse_body",
 ]
 
@@ -129,6 +131,13 @@ def _is_json(value: Any) -> bool:
     return True
 
 
+def json_body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """Return the OpenAPI ``requestBody`` of a route that reads ``model`` with `parse_body`."""
+    schema = model.model_json_schema()
+    content = {"application/json": {"schema": schema}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
 def check_admin_token(request: Request, token: str | None) -> None:
     """Raise `ApiError` 401 unless the request sends ``Authorization: Bearer <token>``.
 
@@ -168,7 +177,11 @@ async def read_body(request: Request) -> bytes:
 
 async def parse_body(request: Request, model: type[Model]) -> Model:
     """Read, decode and validate a JSON body; raise `ApiError` 400, 413 or 422 naming the field."""
-    body = await read_body(request)
+    return decode_body(await read_body(request), model)
+
+
+def decode_body(body: bytes, model: type[Model]) -> Model:
+    """Decode and validate a JSON body; raise `ApiError` 400 or 422 naming the field."""
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

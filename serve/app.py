@@ -42,6 +42,7 @@ from serve.api import (
     SolveRequest,
     check_admin_token,
     error_response,
+    json_body_schema,
     parse_body,
 )
 from serve.replay import ReplayBackend
@@ -338,7 +339,7 @@ class Gateway:
                 logger.exception("report to the controller failed; retrying in %s s", interval)
                 await asyncio.sleep(interval)
 
-    @api.post("/v1/solve")
+    @api.post("/v1/solve", openapi_extra=json_body_schema(SolveRequest))
     async def solve(self, request: Request) -> JSONResponse:
         body = await parse_body(request, SolveRequest)
         request_id = body.id or uuid.uuid4().hex
@@ -394,7 +395,7 @@ class Gateway:
         while len(self._memory) > self._settings.feedback_memory:
             self._memory.popitem(last=False)
 
-    @api.post("/v1/feedback", status_code=202)
+    @api.post("/v1/feedback", status_code=202, openapi_extra=json_body_schema(FeedbackRequest))
     async def feedback(self, request: Request) -> JSONResponse:
         body = await parse_body(request, FeedbackRequest)
         entry = self._memory.get(body.id)
@@ -418,7 +419,7 @@ class Gateway:
     async def get_budget(self) -> JSONResponse:
         return JSONResponse(await self._controller.get_budget.remote())
 
-    @api.put("/v1/budget")
+    @api.put("/v1/budget", openapi_extra=json_body_schema(BudgetRequest))
     async def put_budget(self, request: Request) -> JSONResponse:
         check_admin_token(request, self._admin_token)
         body = await parse_body(request, BudgetRequest)
@@ -443,16 +444,21 @@ def build_app(args: dict[str, Any]) -> Application:
 
 
 def compose_app(
-    settings: AppSettings, controller_user_config: dict[str, Any] | None = None
+    settings: AppSettings,
+    controller_user_config: dict[str, Any] | None = None,
+    gateway_options: dict[str, Any] | None = None,
 ) -> Application:
     """Bind the deployments; ``controller_user_config`` is what a Serve config's
-    ``deployments[].user_config`` would set on the controller."""
+    ``deployments[].user_config`` would set on the controller, and ``gateway_options`` are
+    deployment options of the gateway (such as ``max_queued_requests``)."""
     # The deployment decorator returns a Deployment, which mypy cannot see through.
     controller_deployment: Any = DualControllerDeployment
     replay_deployment: Any = ReplayDeployment
     gateway_deployment: Any = Gateway
     if controller_user_config is not None:
         controller_deployment = controller_deployment.options(user_config=controller_user_config)
+    if gateway_options is not None:
+        gateway_deployment = gateway_deployment.options(**gateway_options)
     controller = controller_deployment.bind(settings.controller.model_dump())
     replay = (
         replay_deployment.bind(settings.replay.model_dump()) if settings.replay.enabled else None
