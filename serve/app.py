@@ -353,7 +353,9 @@ class Gateway:
         try:
             result = await self._pool.sample(body.question, action.samples, seed=seed)
         except BackendError as exc:
-            logger.warning("request %s failed at the backend: %s", request_id, exc)
+            # The backend's message may echo the question, so it is logged at DEBUG only.
+            logger.warning("request %s failed at the backend, status %s", request_id, exc.status)
+            logger.debug("request %s backend error: %s", request_id, exc)
             if exc.billed_samples:
                 self._price.complete(ticket, float(exc.billed_samples), action.name)
             else:

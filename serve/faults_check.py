@@ -2,11 +2,12 @@
 
     python -m serve.faults_check --questions 1000 --rate 0.1
 
-starts a local Ray instance and, for each fault mode alone and for all modes together, deploys
-the application with that share of failing backend calls, streams the questions, and prints one
-Markdown table row per run: faults injected, requests answered, JSON errors, requests lost
-(neither answered nor a JSON error), the samples the replay backend billed, the sum of the
-per-response costs, the controller's total cost and the mean cost against the budget.
+starts a local Ray instance and makes one run for each fault mode alone and one for all modes
+together. Each run deploys the application with that share of failing backend calls and streams
+the questions. The output is one Markdown table row per run: faults injected, requests answered,
+JSON errors, requests lost (neither answered nor a JSON error), the samples the replay backend
+billed, the sum of the per-response costs, the controller's total cost and the mean cost
+against the budget.
 `check_faults` is the same audit against an application that is already running.
 """
 

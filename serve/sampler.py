@@ -214,7 +214,7 @@ class SamplerPool:
         """Draw up to ``n`` samples in one call (the server honours ``n``) and vote on them.
 
         A reply with fewer than ``n`` choices is voted as it is, not topped up, and
-        ``samples_used`` says how many were voted. ``billed_samples`` counts the samples billed
+        ``samples_used`` is the number voted. ``billed_samples`` counts the samples billed
         over all calls, retries included, and is the request's cost.
         """
         body, billed, attempts = await self._call(self._payload(question, n, seed))
@@ -259,13 +259,13 @@ def _billed_samples(headers: dict[str, str], body: dict[str, Any] | None, n: int
         return int(header)
     if body is not None:
         return len(body["choices"])
-    # NOTE: a server without the billing header that sends an unreadable body is assumed to
-    # have billed all n samples asked for; the cost is an estimate in that case.
+    # NOTE: a server without the billing header is assumed to have billed all n samples for an
+    # unreadable body. The cost is then an upper bound, not the bill.
     return n
 
 
 def _retry_after_s(headers: dict[str, str]) -> float | None:
-    """Return the wait a 429 or 5xx asks for: ``retry-after-ms``, else ``Retry-After``."""
+    """Return the wait a 429 or 5xx requests: ``retry-after-ms``, else ``Retry-After``."""
     lowered = {key.lower(): value for key, value in headers.items()}
     try:
         if "retry-after-ms" in lowered:

@@ -82,6 +82,22 @@ def test_no_faults_by_default() -> None:
     assert all(injector.draw() is None for _ in range(100))
 
 
+def test_replay_cli_fault_flags() -> None:
+    from serve.replay import _fault_settings, _parse_args
+
+    args = _parse_args(["--dataset", "svamp", "--fault-rate", "0.1", "--timeout-rate", "0.05"])
+    faults = _fault_settings(args)
+    assert faults.server_error_rate == pytest.approx(0.02)
+    assert faults.timeout_rate == pytest.approx(0.05)
+    assert faults.total_rate == pytest.approx(0.13)
+
+
+def test_replay_cli_rejects_rates_over_one() -> None:
+    from serve.replay import main
+
+    assert main(["--dataset", "svamp", "--fault-rate", "0.8", "--short-rate", "0.9"]) == 2
+
+
 # --- replay backend with faults and the worker pool ------------------------------------------
 
 
