@@ -68,9 +68,11 @@ def admin_token() -> str:
     return ADMIN_TOKEN
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tight_service_url(service_url: str) -> Iterator[str]:
     """A second application with tight queue bounds, a slow backend and an admin token.
+
+    It lives for one test module, so later modules see only the shared application.
 
     The gateway takes 4 requests at a time and queues 2 more; its worker pool makes 1 backend
     call at a time and lets 1 more request wait, and each call takes 400 ms.

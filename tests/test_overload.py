@@ -32,6 +32,7 @@ async def test_overload_answered_with_503(tight_service_url: str) -> None:
         elapsed_s = time.monotonic() - start
 
     statuses = [status for status, _, _ in replies]
+    print(json.dumps({"statuses": sorted(statuses), "elapsed_s": round(elapsed_s, 2)}))
     rejected = [(headers, text) for status, headers, text in replies if status in (429, 503)]
     assert set(statuses) <= {200, 429, 503}, statuses
     assert statuses.count(200) >= 1

@@ -75,7 +75,7 @@ def test_model_rejects_any_bytes(model: type[BaseModel], raw: bytes) -> None:
 # --- the running service ---------------------------------------------------------------------
 
 
-def call(method: str, url: str, raw: bytes) -> tuple[int, str, bytes]:
+def call(method: str, url: str, raw: bytes | None) -> tuple[int, str, bytes]:
     """Send one request; return the status, the content type and the body."""
     request = urllib.request.Request(url, data=raw, method=method)
     request.add_header("Content-Type", "application/json")
@@ -91,7 +91,8 @@ def not_a_valid_budget(body: Any) -> bool:
     if not isinstance(body, dict):
         return True
     budget = body.get("budget")
-    return not (isinstance(budget, float) and budget >= 1)
+    is_number = isinstance(budget, int | float) and not isinstance(budget, bool)
+    return not (is_number and budget >= 1)
 
 
 ENDPOINTS = [
@@ -124,7 +125,10 @@ def test_endpoint_errors_are_json(
                 named = [*model.model_fields, "body", "object"]
                 assert any(name in error["message"] for name in named), error["message"]
 
+    _, _, before = call("GET", f"{service_url}/v1/budget", None)
     check()
+    _, _, after = call("GET", f"{service_url}/v1/budget", None)
+    assert json.loads(after)["budget"] == json.loads(before)["budget"]
 
 
 @pytest.mark.integration
