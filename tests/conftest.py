@@ -74,7 +74,7 @@ def tight_service_url(service_url: str) -> Iterator[str]:
 
     It lives for one test module, so later modules see only the shared application.
 
-    The gateway takes 4 requests at a time and queues 2 more; its worker pool makes 1 backend
+    The gateway takes 4 requests at a time and queues 2 more. Its worker pool makes 1 backend
     call at a time and lets 1 more request wait, and each call takes 400 ms.
     """
     from ray import serve

@@ -1,6 +1,6 @@
 """Property-based tests of bad input: the request models, the HTTP endpoints, the OpenAPI schema.
 
-Whatever a client sends, the answer is never a 500, and every error is a JSON body whose
+Whatever a client sends, the response is never a 500, and every error is a JSON body whose
 message names the field (or the body) that was wrong.
 """
 

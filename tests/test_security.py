@@ -1,8 +1,7 @@
-"""Admin token on settings changes, and where secrets and prompts may appear."""
+"""Admin token checks and loopback defaults, without a running service."""
 
 from __future__ import annotations
 
-import aiohttp
 import pytest
 from starlette.requests import Request
 
@@ -48,28 +47,3 @@ def test_no_admin_token_configured_allows_all() -> None:
 def test_service_and_replay_bind_loopback_by_default() -> None:
     assert ReplaySettings.model_validate({}).host == "127.0.0.1"
     assert AppSettings.model_validate({}).backend.base_url.startswith("http://127.0.0.1:")
-
-
-@pytest.mark.integration
-@pytest.mark.timeout(300)
-async def test_budget_change_needs_admin_token(tight_service_url: str, admin_token: str) -> None:
-    url = f"{tight_service_url}/v1/budget"
-    async with aiohttp.ClientSession() as session:
-        for headers in ({}, {"Authorization": "Bearer wrong"}):
-            async with session.put(url, json={"budget": 2.0}, headers=headers) as response:
-                assert response.status == 401
-                assert response.headers["WWW-Authenticate"] == "Bearer"
-                body = await response.json()
-            assert body["error"]["type"] == "unauthorized"
-            assert "Authorization" in body["error"]["message"]
-
-        async with session.get(url) as response:
-            assert response.status == 200
-            assert (await response.json())["budget"] == 4.0
-
-        headers = {"Authorization": f"Bearer {admin_token}"}
-        async with session.put(url, json={"budget": 2.0}, headers=headers) as response:
-            assert response.status == 200
-            assert (await response.json())["budget"] == 2.0
-        async with session.put(url, json={"budget": 4.0}, headers=headers) as response:
-            assert response.status == 200

@@ -1,4 +1,8 @@
-"""Overload: beyond the gateway's and the worker pool's bounds, requests get 503 at once."""
+"""A small application with tight bounds and an admin token, started once for both checks.
+
+Overload: beyond the gateway's and the worker pool's bounds, requests get 503 at once. Security:
+PUT /v1/budget needs the admin token.
+"""
 
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ async def test_overload_answered_with_503(tight_service_url: str) -> None:
     assert len(rejected) >= len(QUESTIONS) // 2, statuses
     for headers, _ in rejected:
         assert int(headers["Retry-After"]) >= 1
-    # The worker pool's bound answers in JSON; Serve's queue bound answers in plain text.
+    # The worker pool's bound replies in JSON, and Serve's queue bound in plain text.
     pool_rejections = [json.loads(t) for h, t in rejected if "json" in h["Content-Type"]]
     assert pool_rejections
     assert all(body["error"]["type"] == "overloaded" for body in pool_rejections)
@@ -51,3 +55,26 @@ async def test_service_recovers_after_overload(tight_service_url: str) -> None:
     async with aiohttp.ClientSession() as session:
         status, _, text = await solve(session, tight_service_url, QUESTIONS[0].question)
     assert status == 200, text
+
+
+async def test_budget_change_needs_admin_token(tight_service_url: str, admin_token: str) -> None:
+    url = f"{tight_service_url}/v1/budget"
+    async with aiohttp.ClientSession() as session:
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            async with session.put(url, json={"budget": 2.0}, headers=headers) as response:
+                assert response.status == 401
+                assert response.headers["WWW-Authenticate"] == "Bearer"
+                body = await response.json()
+            assert body["error"]["type"] == "unauthorized"
+            assert "Authorization" in body["error"]["message"]
+
+        async with session.get(url) as response:
+            assert response.status == 200
+            assert (await response.json())["budget"] == 4.0
+
+        headers = {"Authorization": f"Bearer {admin_token}"}
+        async with session.put(url, json={"budget": 2.0}, headers=headers) as response:
+            assert response.status == 200
+            assert (await response.json())["budget"] == 2.0
+        async with session.put(url, json={"budget": 4.0}, headers=headers) as response:
+            assert response.status == 200
