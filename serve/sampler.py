@@ -43,8 +43,10 @@ class BackendSettings(BaseModel):
         description="deadline of one request in seconds, over all its calls, retries and waits",
     )
     max_concurrency: int = Field(64, gt=0, description="backend calls in flight per replica")
+    # NOTE: with max_concurrency + max_queued below the gateway's max_ongoing_requests (256),
+    # overload meets this bound, which replies in JSON, before Ray Serve's plain-text one.
     max_queued: int = Field(
-        1024,
+        128,
         ge=0,
         description="requests waiting for a free call slot per replica; more get PoolOverloaded",
     )
