@@ -252,6 +252,7 @@ class DualController:
         """Return the counters that ``GET /v1/stats`` reports."""
         return {
             "requests": self.requests_,
+            "total_cost": self.total_cost_,
             "mean_cost": self.total_cost_ / self.requests_ if self.requests_ else 0.0,
             "window_mean_cost": sum(self.window_) / len(self.window_) if self.window_ else 0.0,
             "budget": self.budget,

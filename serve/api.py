@@ -6,6 +6,7 @@ and the value received.
 
 from __future__ import annotations
 
+import hmac
 import json
 import math
 from collections.abc import Mapping
@@ -21,7 +22,10 @@ __all__ = [
     "BudgetRequest",
     "FeedbackRequest",
     "SolveRequest",
+    "check_admin_token",
+    "decode_body",
     "error_response",
+    "json_body_schema",
     "parse_body",
 ]
 
@@ -32,23 +36,35 @@ Model = TypeVar("Model", bound=BaseModel)
 
 
 class ApiError(Exception):
-    """An error to return to the client as JSON with ``status``."""
+    """An error to return to the client as JSON with ``status``.
 
-    def __init__(self, status: int, kind: str, message: str, retry_after_s: int | None = None):
+    ``cost`` is what a failed request was billed, sent as ``error.cost`` when not None.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        message: str,
+        retry_after_s: int | None = None,
+        cost: float | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.kind = kind
         self.message = message
         self.retry_after_s = retry_after_s
+        self.cost = cost
 
 
 def error_response(error: ApiError) -> JSONResponse:
-    headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s else None
-    return JSONResponse(
-        {"error": {"type": error.kind, "message": error.message}},
-        status_code=error.status,
-        headers=headers,
-    )
+    headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s else {}
+    if error.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    content: dict[str, Any] = {"type": error.kind, "message": error.message}
+    if error.cost is not None:
+        content["cost"] = error.cost
+    return JSONResponse({"error": content}, status_code=error.status, headers=headers or None)
 
 
 class SolveRequest(BaseModel):
@@ -115,6 +131,31 @@ def _is_json(value: Any) -> bool:
     return True
 
 
+def json_body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """Return the OpenAPI ``requestBody`` of a route that reads ``model`` with `parse_body`."""
+    schema = model.model_json_schema()
+    content = {"application/json": {"schema": schema}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+def check_admin_token(request: Request, token: str | None) -> None:
+    """Raise `ApiError` 401 unless the request sends ``Authorization: Bearer <token>``.
+
+    With ``token`` None (no admin token configured) every request passes.
+    """
+    if token is None:
+        return
+    scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not sent:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "header 'Authorization' must be 'Bearer <admin token>' to change settings",
+        )
+    if not hmac.compare_digest(sent.strip().encode(), token.encode()):
+        raise ApiError(401, "unauthorized", "header 'Authorization': the admin token is invalid")
+
+
 async def read_body(request: Request) -> bytes:
     """Read the body, raising 413 as soon as it exceeds `MAX_BODY_BYTES`."""
     declared = request.headers.get("content-length")
@@ -136,7 +177,11 @@ async def read_body(request: Request) -> bytes:
 
 async def parse_body(request: Request, model: type[Model]) -> Model:
     """Read, decode and validate a JSON body; raise `ApiError` 400, 413 or 422 naming the field."""
-    body = await read_body(request)
+    return decode_body(await read_body(request), model)
+
+
+def decode_body(body: bytes, model: type[Model]) -> Model:
+    """Decode and validate a JSON body; raise `ApiError` 400 or 422 naming the field."""
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

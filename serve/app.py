@@ -14,6 +14,8 @@ and the budget.
 import asyncio
 import contextlib
 import logging
+import math
+import os
 import uuid
 import zlib
 from collections import OrderedDict
@@ -24,6 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
 from online.answers import answers_match, vote
@@ -40,11 +43,13 @@ from serve.api import (
     BudgetRequest,
     FeedbackRequest,
     SolveRequest,
+    check_admin_token,
     error_response,
+    json_body_schema,
     parse_body,
 )
 from serve.replay import ReplayBackend
-from serve.sampler import BackendError, SampleResult, SamplerPool
+from serve.sampler import BackendError, PoolOverloaded, SampleResult, SamplerPool
 from serve.settings import AppSettings, ControllerSettings, ReplaySettings
 
 __all__ = [
@@ -221,6 +226,7 @@ class ReplayDeployment:
             seed=s.seed,
             latency_ms=s.latency_ms,
             latency_per_sample_ms=s.latency_per_sample_ms,
+            faults=s.faults,
         )
         await self._backend.start(s.host, s.port)
 
@@ -235,11 +241,19 @@ class ReplayDeployment:
 
 
 def _backend_error(exc: BackendError) -> ApiError:
+    """Map a failed backend request to the client's error; ``cost`` is what it was billed."""
+    cost = float(exc.billed_samples)
+    retry_after_s = math.ceil(exc.retry_after_s or 1)
+    if isinstance(exc, PoolOverloaded):
+        message = f"the service is overloaded, retry later: {exc}"
+        return ApiError(503, "overloaded", message, retry_after_s, cost)
     if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
-        return ApiError(422, "backend_rejected", f"the LLM backend rejected the question: {exc}")
+        message = f"the LLM backend rejected the question: {exc}"
+        return ApiError(422, "backend_rejected", message, cost=cost)
     if exc.status == 429:
-        return ApiError(503, "backend_overloaded", f"the LLM backend is overloaded: {exc}", 1)
-    return ApiError(502, "backend_error", f"the LLM backend failed: {exc}")
+        message = f"the LLM backend is overloaded: {exc}"
+        return ApiError(503, "backend_overloaded", message, retry_after_s, cost)
+    return ApiError(502, "backend_error", f"the LLM backend failed: {exc}", cost=cost)
 
 
 @dataclass
@@ -252,7 +266,15 @@ class _Remembered:
     lambda_: float
 
 
-@serve.deployment(name="Gateway", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
+# Beyond max_ongoing_requests per replica, Serve queues up to max_queued_requests and rejects
+# the rest with 503 and Retry-After, so overload is answered at once instead of piling up.
+@serve.deployment(
+    name="Gateway",
+    max_ongoing_requests=256,
+    max_queued_requests=512,
+    backpressure_config=BackpressureConfig(retry_after_s=1),
+    ray_actor_options={"num_cpus": 0},
+)
 @serve.ingress(api)
 class Gateway:
     """HTTP ingress: validation, the policy's decision, sampling, voting and cost reporting."""
@@ -280,6 +302,12 @@ class Gateway:
             logger.info("replay backend ready at %s", url)
         self._pool = SamplerPool(self._settings.backend)
         await self._pool.start()
+        self._admin_token = os.environ.get(self._settings.admin_token_env) or None
+        if self._admin_token is None:
+            logger.warning(
+                "%s is not set: any client can change the budget",
+                self._settings.admin_token_env,
+            )
         self._source = uuid.uuid4().hex[:12]
         self._price = PriceView(await controller.settings.remote())
         self._flush_now = asyncio.Event()
@@ -319,7 +347,7 @@ class Gateway:
                 logger.exception("report to the controller failed; retrying in %s s", interval)
                 await asyncio.sleep(interval)
 
-    @api.post("/v1/solve")
+    @api.post("/v1/solve", openapi_extra=json_body_schema(SolveRequest))
     async def solve(self, request: Request) -> JSONResponse:
         body = await parse_body(request, SolveRequest)
         request_id = body.id or uuid.uuid4().hex
@@ -337,12 +365,17 @@ class Gateway:
         try:
             result = await self._pool.sample(body.question, action.samples, seed=seed)
         except BackendError as exc:
-            logger.warning("request %s failed at the backend: %s", request_id, exc)
-            # Nothing was billed, so the reservation is withdrawn, not completed at cost 0.
-            self._price.cancel(ticket)
+            # The backend's message may echo the question, so it is logged at DEBUG only.
+            logger.warning("request %s failed at the backend, status %s", request_id, exc.status)
+            logger.debug("request %s backend error: %s", request_id, exc)
+            if exc.billed_samples:
+                self._price.complete(ticket, float(exc.billed_samples), action.name)
+            else:
+                # Nothing was billed, so the reservation is withdrawn, not completed at cost 0.
+                self._price.cancel(ticket)
             raise _backend_error(exc) from None
 
-        cost = float(result.samples_used)
+        cost = float(result.billed_samples)
         self._price.complete(ticket, cost, action.name)
         if self._price.unreported >= self._settings.report_batch:
             self._flush_now.set()
@@ -379,8 +412,9 @@ class Gateway:
     ) -> JSONResponse:
         """Draw up to the sequential policy's rungs, one backend call per round, then vote.
 
-        Every round is decided at the price the request started with. A backend failure after
-        the first round ends the request with the samples already billed.
+        Every round is decided at the price the request started with. The cost is every sample
+        billed, retries and failed rounds included. A backend failure after the first round
+        ends the request with a vote on the samples that came back.
         """
         assert isinstance(self._policy, SequentialPolicy)
         policy = self._policy
@@ -388,26 +422,31 @@ class Gateway:
         rung = policy.first_rung(features, decided_at)
         rounds: list[SampleResult] = []
         keys: list[str | None] = []
+        billed = 0
         while True:
             wanted = policy.rungs_[rung] - len(keys)
             round_seed = None if seed is None else (seed + len(rounds)) & 0xFFFFFFFF
             try:
                 result = await self._pool.sample(question, wanted, seed=round_seed)
             except BackendError as exc:
-                if not rounds:
-                    logger.warning("request %s failed at the backend: %s", request_id, exc)
-                    self._price.cancel(ticket)
-                    raise _backend_error(exc) from None
+                billed += exc.billed_samples
                 logger.warning(
-                    "request %s: round %d failed at the backend (%s); voting on %d samples",
+                    "request %s failed at the backend in round %d, status %s",
                     request_id,
                     len(rounds) + 1,
-                    exc,
-                    len(keys),
+                    exc.status,
                 )
-                break
+                logger.debug("request %s backend error: %s", request_id, exc)
+                if rounds:
+                    break  # vote on the samples of the rounds that came back
+                if billed:
+                    self._price.complete(ticket, float(billed), f"draw@{billed}")
+                else:
+                    self._price.cancel(ticket)
+                raise _backend_error(exc) from None
             rounds.append(result)
             keys.extend(result.keys)
+            billed += result.billed_samples
             if result.samples_used < wanted:
                 break
             following = policy.next_rung(features, rung, keys, decided_at)
@@ -419,7 +458,7 @@ class Gateway:
         voted = vote(keys)
         drawn = len(keys)
         name = f"vote@{drawn}" if drawn in self._actions.sample_counts else f"draw@{drawn}"
-        cost = float(drawn)
+        cost = float(billed)
         self._price.complete(ticket, cost, name)
         if self._price.unreported >= self._settings.report_batch:
             self._flush_now.set()
@@ -450,7 +489,7 @@ class Gateway:
         while len(self._memory) > self._settings.feedback_memory:
             self._memory.popitem(last=False)
 
-    @api.post("/v1/feedback", status_code=202)
+    @api.post("/v1/feedback", status_code=202, openapi_extra=json_body_schema(FeedbackRequest))
     async def feedback(self, request: Request) -> JSONResponse:
         body = await parse_body(request, FeedbackRequest)
         entry = self._memory.get(body.id)
@@ -474,8 +513,9 @@ class Gateway:
     async def get_budget(self) -> JSONResponse:
         return JSONResponse(await self._controller.get_budget.remote())
 
-    @api.put("/v1/budget")
+    @api.put("/v1/budget", openapi_extra=json_body_schema(BudgetRequest))
     async def put_budget(self, request: Request) -> JSONResponse:
+        check_admin_token(request, self._admin_token)
         body = await parse_body(request, BudgetRequest)
         state = await self._controller.set_budget.remote(body.budget)
         if "error" in state:
@@ -498,16 +538,21 @@ def build_app(args: dict[str, Any]) -> Application:
 
 
 def compose_app(
-    settings: AppSettings, controller_user_config: dict[str, Any] | None = None
+    settings: AppSettings,
+    controller_user_config: dict[str, Any] | None = None,
+    gateway_options: dict[str, Any] | None = None,
 ) -> Application:
     """Bind the deployments; ``controller_user_config`` is what a Serve config's
-    ``deployments[].user_config`` would set on the controller."""
+    ``deployments[].user_config`` would set on the controller, and ``gateway_options`` are
+    deployment options of the gateway (such as ``max_queued_requests``)."""
     # The deployment decorator returns a Deployment, which mypy cannot see through.
     controller_deployment: Any = DualControllerDeployment
     replay_deployment: Any = ReplayDeployment
     gateway_deployment: Any = Gateway
     if controller_user_config is not None:
         controller_deployment = controller_deployment.options(user_config=controller_user_config)
+    if gateway_options is not None:
+        gateway_deployment = gateway_deployment.options(**gateway_options)
     controller = controller_deployment.bind(settings.controller.model_dump())
     replay = (
         replay_deployment.bind(settings.replay.model_dump()) if settings.replay.enabled else None

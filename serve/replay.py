@@ -15,8 +15,13 @@ Endpoints:
   Requests with ``"stream": true`` are rejected because streaming is not implemented. Any
   ``model`` name is accepted and echoed back. Bodies over `MAX_BODY_BYTES` get a 413 error.
 - ``GET /v1/models`` lists the served model name, ``GET /healthz`` returns ``ok``.
-- ``GET /v1/replay/stats`` returns counters of requests, billed choices and tokens, and errors by
-  HTTP status (see `ReplayBackend.stats`).
+- ``GET /v1/replay/stats`` returns counters of requests, billed choices and tokens, errors by
+  HTTP status and injected faults (see `ReplayBackend.stats`).
+
+Faults: with `serve.faults.FaultSettings`, a seeded share of valid chat completion calls fails
+with a 500, a hang past the client deadline, a 429 with ``Retry-After``, a truncated body or
+fewer choices than asked for. Every 200 reply, readable or not, carries the billed choices in the
+header ``X-Replay-Billed-Samples``; `serve.faults` lists what each fault bills.
 
 Randomness: with a request ``seed``, the draw depends only on (server seed, request seed,
 question id), so it repeats across requests, processes and restarts. Without one, the draw comes
@@ -58,6 +63,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from online.answers import canonical_key, extract_answer
 from online.datasets import DATASETS, load_dataset
 from online.samples import Question, Sample, read_samples
+from serve.faults import BILLED_SAMPLES_HEADER, FAULT_MODES, FaultInjector, FaultSettings
 
 __all__ = [
     "CHARS_PER_TOKEN",
@@ -369,6 +375,7 @@ class ReplayBackend:
         latency_ms: float = 10.0,
         latency_per_sample_ms: float = 0.0,
         model_name: str = DEFAULT_MODEL_NAME,
+        faults: FaultSettings | None = None,
     ) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an integer, got {seed!r}")
@@ -385,6 +392,8 @@ class ReplayBackend:
         self._runner: web.AppRunner | None = None
         self._counts: Counter[str] = Counter()
         self._errors: Counter[int] = Counter()
+        self._faults = FaultInjector(faults or FaultSettings.model_validate({}))
+        self._injected: Counter[str] = Counter()
 
     # construction
 
@@ -471,9 +480,11 @@ class ReplayBackend:
         """Return the counters since the backend was created.
 
         They are ``requests`` (chat completion requests received),
-        ``completions`` (answered with 200), ``choices``, ``prompt_tokens``,
-        ``completion_tokens`` and ``total_tokens`` billed over those, ``short_completions``
-        (fewer choices than ``n``) and ``errors`` by HTTP status over all routes.
+        ``completions`` (answered with 200, including truncated bodies), ``choices`` (the billed
+        samples), ``prompt_tokens``, ``completion_tokens`` and ``total_tokens`` billed over
+        those, ``short_completions`` (fewer choices than ``n``), ``abandoned`` (replies not
+        billed because the client had disconnected before they were sent), ``errors`` by HTTP
+        status over all routes, and ``faults`` injected by mode.
         """
         return {
             "requests": self._counts["requests"],
@@ -483,7 +494,9 @@ class ReplayBackend:
             "completion_tokens": self._counts["completion_tokens"],
             "total_tokens": self._counts["prompt_tokens"] + self._counts["completion_tokens"],
             "short_completions": self._counts["short_completions"],
+            "abandoned": self._counts["abandoned"],
             "errors": {str(status): n for status, n in sorted(self._errors.items())},
+            "faults": {mode: self._injected[mode] for mode in FAULT_MODES},
         }
 
     # HTTP handlers
@@ -534,6 +547,13 @@ class ReplayBackend:
         entry = self._lookup(chat.messages)
         n = 1 if chat.n is None else chat.n
         picks = self._draw(entry, n, chat.seed)
+        fault = self._faults.draw()
+        if fault is not None:
+            self._injected[fault] += 1
+        if fault in ("server_error", "timeout", "rate_limit"):
+            return await self._failed_reply(fault)
+        if fault == "short":
+            picks = picks[: self._faults.short_count(len(picks))]
 
         choices = [
             {
@@ -551,7 +571,12 @@ class ReplayBackend:
         if delay_ms > 0:
             await asyncio.sleep(delay_ms / 1000.0)
 
-        headers = {}
+        if request.transport is None or request.transport.is_closing():
+            # The client gave up (its deadline passed) before the reply was ready: not billed.
+            self._counts["abandoned"] += 1
+            raise _RequestError(499, "client disconnected before the reply", code="abandoned")
+
+        headers = {BILLED_SAMPLES_HEADER: str(len(picks))}
         if len(picks) < n:
             headers[SAMPLES_AVAILABLE_HEADER] = str(len(entry.texts))
             self._counts["short_completions"] += 1
@@ -571,7 +596,31 @@ class ReplayBackend:
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
+        if fault == "malformed":
+            text = json.dumps(body)
+            return web.Response(
+                text=text[: len(text) // 2], content_type="application/json", headers=headers
+            )
         return web.json_response(body, headers=headers)
+
+    async def _failed_reply(self, fault: str) -> web.Response:
+        """Reply to a call hit by an unbilled fault: a 500, a 429, or a hang and then a 504."""
+        settings = self._faults.settings
+        headers: dict[str, str] = {}
+        if fault == "timeout":
+            await asyncio.sleep(settings.hang_s)
+            status, message = 504, f"injected fault: no reply for {settings.hang_s:g} s"
+        elif fault == "rate_limit":
+            status, message = 429, "injected fault: rate limit reached, retry later"
+            headers = {
+                "Retry-After": str(math.ceil(settings.retry_after_s)),
+                "retry-after-ms": str(round(settings.retry_after_s * 1000)),
+            }
+        else:
+            status, message = 500, "injected fault: internal server error"
+        self._errors[status] += 1
+        error = _RequestError(status, message, code=fault, error_type="server_error")
+        return web.json_response(_error_body(error), status=status, headers=headers)
 
     def _lookup(self, messages: Sequence[_Message]) -> _Entry:
         """Find the question of the last user message. Raises `_RequestError` 400 or 404."""
@@ -708,6 +757,29 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--seed", type=int, default=0, help="server seed of the sampler (default %(default)s)"
     )
+    faults = parser.add_argument_group(
+        "fault injection", "fractions of valid chat completion calls that fail, from 0 to 1"
+    )
+    faults.add_argument(
+        "--fault-rate",
+        type=float,
+        default=None,
+        help="total fault rate, spread evenly over all modes; the per-mode flags override it",
+    )
+    for mode in FAULT_MODES:
+        faults.add_argument(
+            f"--{mode.replace('_', '-')}-rate",
+            type=float,
+            default=None,
+            help=FaultSettings.model_fields[f"{mode}_rate"].description,
+        )
+    faults.add_argument(
+        "--hang-s", type=float, default=5.0, help="hang of a timeout fault, in seconds"
+    )
+    faults.add_argument(
+        "--retry-after-s", type=float, default=1.0, help="Retry-After of a 429 fault, in seconds"
+    )
+    faults.add_argument("--fault-seed", type=int, default=0, help="seed of the fault draws")
     parser.add_argument(
         "--model-name",
         default=DEFAULT_MODEL_NAME,
@@ -723,6 +795,20 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if not args.dataset and not args.samples:
         parser.error("nothing to serve: give at least one --dataset or --samples")
     return args
+
+
+def _fault_settings(args: argparse.Namespace) -> FaultSettings:
+    """Build the fault settings from the command line; raise `ValidationError` when invalid."""
+    extra: dict[str, float] = {
+        "hang_s": args.hang_s,
+        "retry_after_s": args.retry_after_s,
+        "seed": args.fault_seed,
+    }
+    for mode in FAULT_MODES:
+        rate = getattr(args, f"{mode}_rate")
+        if rate is not None:
+            extra[f"{mode}_rate"] = rate
+    return FaultSettings.spread(args.fault_rate or 0.0, **extra)
 
 
 async def _serve(backend: ReplayBackend, host: str, port: int) -> None:
@@ -745,11 +831,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:
+        faults = _fault_settings(args)
+    except ValidationError as exc:
+        logger.error("invalid fault settings: %s", exc)
+        return 2
     settings: dict[str, Any] = {
         "seed": args.seed,
         "latency_ms": args.latency_ms,
         "latency_per_sample_ms": args.latency_per_sample_ms,
         "model_name": args.model_name,
+        "faults": faults,
     }
     try:
         questions = _load_datasets(args.dataset)

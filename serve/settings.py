@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from serve.faults import FaultSettings
 from serve.sampler import BackendSettings
 
 __all__ = ["AppSettings", "ControllerSettings", "ReplaySettings"]
@@ -24,6 +25,10 @@ class ReplaySettings(BaseModel):
     latency_ms: float = Field(10.0, ge=0, description="delay per call in milliseconds")
     latency_per_sample_ms: float = Field(0.0, ge=0, description="extra delay per sample drawn")
     seed: int = Field(0, description="seed of the sample draws")
+    faults: FaultSettings = Field(
+        default_factory=FaultSettings,  # type: ignore[arg-type]
+        description="injected faults; none by default",
+    )
 
 
 class ControllerSettings(BaseModel):
@@ -74,4 +79,10 @@ class AppSettings(BaseModel):
     )
     report_batch: int = Field(
         16, ge=1, description="finished requests that make a gateway report at once"
+    )
+    admin_token_env: str = Field(
+        "TTC_ADMIN_TOKEN",
+        min_length=1,
+        description="environment variable with the bearer token that PUT /v1/budget requires; "
+        "when it is unset or empty, anyone may change the budget",
     )

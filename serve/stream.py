@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import sys
 import time
@@ -41,18 +42,27 @@ _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 @dataclass
 class StreamSummary:
-    """Counters of one streaming run; ``costs`` and ``correct`` are in order of completion."""
+    """Counters of one streaming run; ``costs`` and ``correct`` are in order of completion.
+
+    ``error_cost`` sums the ``error.cost`` of failed requests (samples billed before they failed).
+    """
 
     costs: list[float] = field(default_factory=list)
     correct: list[bool] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     error_examples: dict[str, str] = field(default_factory=dict)
+    error_cost: float = 0.0
     retarget_index: int | None = None
 
 
 async def _put_budget(session: aiohttp.ClientSession, url: str, budget: float) -> dict[str, Any]:
-    async with session.put(f"{url}/v1/budget", json={"budget": budget}) as response:
+    """PUT the budget, with the admin token of ``TTC_ADMIN_TOKEN`` when that is set."""
+    token = os.environ.get("TTC_ADMIN_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    async with session.put(
+        f"{url}/v1/budget", json={"budget": budget}, headers=headers
+    ) as response:
         body: dict[str, Any] = await response.json()
         if response.status != 200:
             raise RuntimeError(f"PUT /v1/budget returned {response.status}: {body}")
@@ -94,6 +104,7 @@ async def stream_questions(
                     continue
                 if status != 200:
                     summary.errors[str(status)] += 1
+                    summary.error_cost += float((body.get("error") or {}).get("cost") or 0)
                     message = str((body.get("error") or {}).get("message", body))
                     summary.error_examples.setdefault(str(status), message[:300])
                     bar.update()
@@ -134,6 +145,7 @@ def summarise(
         "answered": len(summary.costs),
         "errors": dict(summary.errors),
         "error_examples": dict(summary.error_examples),
+        "error_cost": summary.error_cost,
         "accuracy": _mean([float(c) for c in summary.correct]),
         "mean_cost": _mean(summary.costs),
         "budget": budget.get("budget"),

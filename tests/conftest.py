@@ -57,3 +57,56 @@ def service_url(app_settings: Any) -> Iterator[str]:
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+ADMIN_TOKEN = "test-admin-token-5f2c"
+
+
+@pytest.fixture(scope="session")
+def admin_token() -> str:
+    """Admin token of the `tight_service_url` application."""
+    return ADMIN_TOKEN
+
+
+@pytest.fixture(scope="module")
+def tight_service_url(service_url: str) -> Iterator[str]:
+    """A second application with tight queue bounds, a slow backend and an admin token.
+
+    It lives for one test module, so later modules see only the shared application.
+
+    The gateway takes 4 requests at a time and queues 2 more. Its worker pool makes 1 backend
+    call at a time and lets 1 more request wait, and each call takes 400 ms.
+    """
+    from ray import serve
+    from ray.serve.config import BackpressureConfig
+
+    from serve.app import compose_app
+    from serve.settings import AppSettings
+
+    replay_port = free_port()
+    settings = AppSettings.model_validate(
+        {
+            "backend": {
+                "base_url": f"http://127.0.0.1:{replay_port}/v1",
+                "max_concurrency": 1,
+                "max_queued": 1,
+            },
+            "replay": {"port": replay_port, "latency_ms": 400},
+        }
+    )
+    options = {
+        "max_ongoing_requests": 4,
+        "max_queued_requests": 2,
+        "backpressure_config": BackpressureConfig(retry_after_s=1),
+        "ray_actor_options": {
+            "num_cpus": 0,
+            "runtime_env": {"env_vars": {"TTC_ADMIN_TOKEN": ADMIN_TOKEN}},
+        },
+    }
+    serve.run(
+        compose_app(settings, gateway_options=options), name="ttc-tight", route_prefix="/tight"
+    )
+    try:
+        yield f"{service_url}/tight"
+    finally:
+        serve.delete("ttc-tight")

@@ -1,0 +1,85 @@
+"""A small application with tight bounds and an admin token, started once for both checks.
+
+Overload: beyond the gateway's and the worker pool's bounds, requests get 503 at once. Security:
+PUT /v1/budget needs the admin token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import aiohttp
+import pytest
+
+from online.datasets import load_dataset
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+QUESTIONS = load_dataset("svamp")[:24]
+
+
+async def solve(session: aiohttp.ClientSession, url: str, question: str) -> tuple[int, dict, str]:
+    """POST one question; return the status, the Retry-After header and the body text."""
+    async with session.post(f"{url}/v1/solve", json={"question": question}) as response:
+        return response.status, dict(response.headers), await response.text()
+
+
+async def test_overload_answered_with_503(tight_service_url: str) -> None:
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        start = time.monotonic()
+        replies = await asyncio.gather(
+            *(solve(session, tight_service_url, q.question) for q in QUESTIONS)
+        )
+        elapsed_s = time.monotonic() - start
+
+    statuses = [status for status, _, _ in replies]
+    rejected = [(headers, text) for status, headers, text in replies if status in (429, 503)]
+    assert set(statuses) <= {200, 429, 503}, statuses
+    assert statuses.count(200) >= 1
+    assert len(rejected) >= len(QUESTIONS) // 2, statuses
+    for headers, _ in rejected:
+        assert int(headers["Retry-After"]) >= 1
+    # The worker pool's bound replies in JSON, and Serve's queue bound in plain text.
+    pool_rejections = [json.loads(t) for h, t in rejected if "json" in h["Content-Type"]]
+    summary = {
+        "statuses": sorted(statuses),
+        "json_rejections": len(pool_rejections),
+        "elapsed_s": round(elapsed_s, 2),
+    }
+    print(json.dumps(summary))
+    assert pool_rejections
+    assert all(body["error"]["type"] == "overloaded" for body in pool_rejections)
+    # 2 backend calls of 400 ms at a time at most: the rejected requests did not wait for them.
+    assert elapsed_s < 10
+
+
+async def test_service_recovers_after_overload(tight_service_url: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        status, _, text = await solve(session, tight_service_url, QUESTIONS[0].question)
+    assert status == 200, text
+
+
+async def test_budget_change_needs_admin_token(tight_service_url: str, admin_token: str) -> None:
+    url = f"{tight_service_url}/v1/budget"
+    async with aiohttp.ClientSession() as session:
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            async with session.put(url, json={"budget": 2.0}, headers=headers) as response:
+                assert response.status == 401
+                assert response.headers["WWW-Authenticate"] == "Bearer"
+                body = await response.json()
+            assert body["error"]["type"] == "unauthorized"
+            assert "Authorization" in body["error"]["message"]
+
+        async with session.get(url) as response:
+            assert response.status == 200
+            assert (await response.json())["budget"] == 4.0
+
+        headers = {"Authorization": f"Bearer {admin_token}"}
+        async with session.put(url, json={"budget": 2.0}, headers=headers) as response:
+            assert response.status == 200
+            assert (await response.json())["budget"] == 2.0
+        async with session.put(url, json={"budget": 4.0}, headers=headers) as response:
+            assert response.status == 200
