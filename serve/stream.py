@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import random
@@ -207,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="base URL of the service")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight")
     parser.add_argument("--limit", type=int, help="send only the first N questions")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="send the questions N times, each pass with its own request ids",
+    )
     parser.add_argument("--shuffle", action="store_true", help="send in a seeded random order")
     parser.add_argument("--seed", type=int, default=0, help="seed of --shuffle")
     parser.add_argument("--budget", type=float, help="PUT this budget before streaming")
@@ -222,6 +229,12 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         random.Random(args.seed).shuffle(questions)
     if args.limit is not None:
         questions = questions[: args.limit]
+    # Each pass gets its own ids, so that the backend's seeded draws differ between passes.
+    questions = [
+        q if args.repeat == 1 else dataclasses.replace(q, id=f"{q.id}~{n}")
+        for n in range(args.repeat)
+        for q in questions
+    ]
     url = args.url.rstrip("/")
     async with aiohttp.ClientSession() as session:
         if args.budget is not None:
@@ -241,6 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     host = urlsplit(args.url).hostname
     if host not in _LOOPBACK:
         print(f"error: --url must point at a loopback host, got {host!r}", file=sys.stderr)
+        return 2
+    if args.repeat < 1:
+        print(f"error: --repeat must be at least 1, got {args.repeat}", file=sys.stderr)
         return 2
     if args.concurrency < 1:
         print(f"error: --concurrency must be at least 1, got {args.concurrency}", file=sys.stderr)

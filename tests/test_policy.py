@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -123,8 +125,20 @@ def test_bundled_artifact_has_imitation_policy() -> None:
     for budget in (2.0, 3.0, 4.0):
         price = entry.cost_curve.price_for(budget)
         assert entry.cost_curve.cost_at(price) == pytest.approx(budget, rel=0.1)
-    with pytest.raises(KeyError, match="has: value, imitation"):
-        warm.entry("sequential")
+    with pytest.raises(KeyError, match="has: value, imitation, sequential"):
+        warm.entry("bandit")
+
+
+def test_bundled_artifact_has_sequential_policy() -> None:
+    warm = WarmStart.load()
+    entry = warm.entry("sequential")
+    # Its mean cost on the training orderings falls with the price across common budgets.
+    costs = entry.cost_curve.costs
+    assert all(a >= b for a, b in itertools.pairwise(costs))
+    for budget in (2.0, 3.0, 4.0):
+        price = entry.cost_curve.price_for(budget)
+        assert entry.cost_curve.cost_at(price) == pytest.approx(budget, rel=0.05)
+    assert entry.policy.first_rung({}, price) >= 0
 
 
 def test_imitation_policy_learns_from_full_probe_only() -> None:

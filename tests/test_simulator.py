@@ -158,7 +158,7 @@ def test_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="explore must be a rate in"):
         SimulationConfig(budget=3.0, requests=10, explore=1.5)
     with pytest.raises(
-        ValueError, match="policy must be one of value, imitation, uniform, got 'x'"
+        ValueError, match="policy must be one of value, imitation, sequential, uniform, got 'x'"
     ):
         SimulationConfig(budget=3.0, requests=10, policy="x")
     with pytest.raises(ValueError, match=r"retarget request must be in 1\.\.9, got 10"):
