@@ -82,19 +82,22 @@ def wait_healthy(url: str, timeout_s: float = 120.0) -> None:
 
 
 def service_processes() -> dict[int, str]:
-    """Return the pid and name of every Ray process that this process started.
+    """Return the pid and name of the Ray workers, raylet and GCS server this process started.
 
     Ray sets each worker's process title, e.g. ``ray::ServeReplica:ttc:Gateway``, so the title
     names the deployment. Only descendants of this process are listed, so Ray instances that
-    other users run on the same machine are left out.
+    other users run on the same machine are left out, and so are Ray's Python helpers (log
+    monitor, agents) and any other child process.
     """
     import psutil
 
     out = {}
     for child in psutil.Process(os.getpid()).children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            title = " ".join(child.cmdline()) or child.name()
-            out[child.pid] = title.split(" ")[0]
+            argv = child.cmdline()
+            name = os.path.basename(argv[0]) if argv else child.name()
+            if name.startswith("ray::") or name in ("raylet", "gcs_server"):
+                out[child.pid] = name
     return out
 
 
