@@ -25,8 +25,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def app_settings(replay_port: int, latency_ms: float, budget: float = 4.0) -> Any:
-    """Settings of ``configs/config.yaml`` with the replay backend on ``replay_port``."""
+def app_settings(replay_port: int, latency_ms: float, budget: float = 4.0, **extra: Any) -> Any:
+    """Settings of ``configs/config.yaml`` with the replay backend on ``replay_port``;
+    ``extra`` sets other top-level fields of `AppSettings`, such as ``feedback_memory``."""
     from serve.settings import AppSettings
 
     return AppSettings.model_validate(
@@ -34,6 +35,7 @@ def app_settings(replay_port: int, latency_ms: float, budget: float = 4.0) -> An
             "backend": {"base_url": f"http://127.0.0.1:{replay_port}/v1"},
             "replay": {"port": replay_port, "latency_ms": latency_ms},
             "controller": {"budget": budget},
+            **extra,
         }
     )
 
@@ -54,13 +56,13 @@ def ray_serve(num_cpus: int = 2) -> Iterator[int]:
         ray.shutdown()
 
 
-def run_allocator(latency_ms: float, budget: float = 4.0, name: str = "ttc") -> None:
+def run_allocator(latency_ms: float, budget: float = 4.0, name: str = "ttc", **extra: Any) -> None:
     """Deploy the allocator application on the running Serve instance at route ``/``."""
     from ray import serve
 
     from serve.app import compose_app
 
-    settings = app_settings(free_port(), latency_ms, budget)
+    settings = app_settings(free_port(), latency_ms, budget, **extra)
     serve.run(compose_app(settings), name=name, route_prefix="/")
 
 

@@ -8,8 +8,10 @@ each Ray process that this script started, together with the service's request c
 ``GET /v1/stats``.
 
 The JSON output (``--out``) contains the runner's summary, the RSS series, and for each process
-the RSS at the first sample after ``--rss-early-s`` seconds and at the last sample, with the
-growth between them per 1,000 requests served. After a retarget it also gives the number of
+the RSS at the first sample after ``--rss-early-requests`` requests and at the last sample,
+with the growth between them per 1,000 requests served. The default, 10,000, is the gateway's
+default ``feedback_memory``: the gateway keeps that many recent requests for ``/v1/feedback``,
+so its RSS grows by design until then. After a retarget it also gives the number of
 requests after the change at which the moving mean cost (window 500) came within 2% of the new
 budget and stayed there until the end of the run.
 
@@ -61,9 +63,10 @@ def sample_memory(
         samples.append({"elapsed_s": time.monotonic() - started, "requests": requests, "rss": rss})
 
 
-def memory_growth(samples: list[dict[str, Any]], early_s: float) -> dict[str, Any]:
-    """Compare each process's RSS at the first sample after ``early_s`` with the last sample."""
-    early = next((s for s in samples if s["elapsed_s"] >= early_s and s["requests"]), None)
+def memory_growth(samples: list[dict[str, Any]], early_requests: int) -> dict[str, Any]:
+    """Compare each process's RSS at the first sample after the service counted
+    ``early_requests`` requests with the RSS at the last sample."""
+    early = next((s for s in samples if (s["requests"] or 0) >= early_requests), None)
     last = samples[-1] if samples else None
     if early is None or last is None or early is last:
         return {}
@@ -74,8 +77,10 @@ def memory_growth(samples: list[dict[str, Any]], early_s: float) -> dict[str, An
         "requests_between": served,
         "processes": {},
     }
-    for name, rss_early in early["rss"].items():
-        rss_last = last["rss"].get(name)
+    # Ray changes a worker's title while it runs a method, so processes are matched by pid.
+    last_by_pid = {key.rsplit(" (", 1)[1]: (key, rss) for key, rss in last["rss"].items()}
+    for key, rss_early in early["rss"].items():
+        name, rss_last = last_by_pid.get(key.rsplit(" (", 1)[1], (key, None))
         if rss_last is None:
             continue
         growth = rss_last - rss_early
@@ -129,11 +134,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--retarget", default=None, metavar="AT_S:BUDGET", help="see run.py")
     parser.add_argument("--latency-ms", type=float, default=10.0, help="replay delay per call")
     parser.add_argument("--budget", type=float, default=4.0, help="budget at the start")
+    parser.add_argument(
+        "--feedback-memory",
+        type=int,
+        default=None,
+        help="requests the gateway keeps for /v1/feedback (default: the application's)",
+    )
     parser.add_argument("--max-p95-ms", type=float, default=2000.0, help="see run.py")
     parser.add_argument("--max-budget-error", type=float, default=0.01, help="see run.py")
     parser.add_argument("--stats-interval-s", type=float, default=0.5, help="see run.py")
     parser.add_argument("--rss-interval-s", type=float, default=5.0, help="seconds between RSS")
-    parser.add_argument("--rss-early-s", type=float, default=30.0, help="the early RSS sample")
+    parser.add_argument(
+        "--rss-early-requests",
+        type=int,
+        default=10_000,
+        help="requests served before the early RSS sample (default: the gateway's default "
+        "feedback_memory, which fills up to then)",
+    )
     parser.add_argument("--out", required=True, help="write the results to this JSON file")
     return parser.parse_args(argv)
 
@@ -142,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     samples: list[dict[str, Any]] = []
     with ray_serve() as http_port, tempfile.TemporaryDirectory() as tmp:
-        run_allocator(args.latency_ms, args.budget)
+        extra = {}
+        if args.feedback_memory is not None:
+            extra["feedback_memory"] = args.feedback_memory
+        run_allocator(args.latency_ms, args.budget, **extra)
         url = f"http://127.0.0.1:{http_port}"
         wait_healthy(url)
         machine = machine_info()
@@ -191,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": vars(args),
         "summary": summary,
         "locust_stats_csv": stats_csv,
-        "memory": memory_growth(samples, args.rss_early_s),
+        "memory": memory_growth(samples, args.rss_early_requests),
         "memory_samples": samples,
         "convergence": convergence(summary) if summary else None,
     }
