@@ -111,7 +111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--operator",
         action="store_true",
-        help=f"add the operator user that retargets the budget and sets it back ({OPERATOR_ENV})",
+        help=f"add the operator user, one of --users, that retargets the budget and sets it back "
+        f"({OPERATOR_ENV}=1)",
     )
     parser.add_argument(
         "--retarget",
