@@ -16,7 +16,7 @@ records its throughput and p50/p99 latency, and the script reports the medians o
 the ratio of the allocator's median throughput to the bare one's.
 
     python benchmarks/bench_overhead.py --out bench_overhead.json
-    python benchmarks/bench_overhead.py --profile-gateway-s 20 --out profile.json
+    python benchmarks/bench_overhead.py --concurrency 4 --out bench_overhead_c4.json
 """
 
 from __future__ import annotations
@@ -33,14 +33,7 @@ import time
 from typing import Any
 
 import aiohttp
-from _service import (
-    app_settings,
-    free_port,
-    machine_info,
-    ray_serve,
-    service_processes,
-    wait_healthy,
-)
+from _service import app_settings, free_port, machine_info, ray_serve, wait_healthy
 from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -122,32 +115,6 @@ async def drive(
     }
 
 
-def profile_gateway(seconds: float, out_path: str) -> None:
-    """Record the Gateway replica with py-spy for ``seconds`` while load runs elsewhere."""
-    import subprocess
-
-    pids = [pid for pid, name in service_processes().items() if name.endswith(":Gateway")]
-    if not pids:
-        raise RuntimeError("no Gateway replica among this process's Ray workers")
-    subprocess.run(
-        [
-            "py-spy",
-            "record",
-            "--pid",
-            str(pids[0]),
-            "--duration",
-            str(int(seconds)),
-            "--format",
-            "speedscope",
-            "--output",
-            out_path,
-            "--nonblocking",
-        ],
-        check=True,
-        timeout=seconds + 60,
-    )
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=32, help="requests kept in flight")
@@ -158,15 +125,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bare-samples", type=int, default=4, help="n of the bare forwarder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write the results to this JSON file")
-    parser.add_argument(
-        "--profile-gateway-s",
-        type=float,
-        default=0.0,
-        help="instead of timing, record the Gateway with py-spy for this many seconds of load",
-    )
-    parser.add_argument(
-        "--profile-out", default="gateway.speedscope.json", help="py-spy output file"
-    )
     args = parser.parse_args(argv)
     if args.concurrency < 1 or args.repeats < 1 or args.duration_s <= 0:
         parser.error("--concurrency and --repeats must be at least 1, --duration-s positive")
@@ -196,28 +154,6 @@ def main(argv: list[str] | None = None) -> int:
         for name, url in targets.items():
             warm = asyncio.run(drive(url, questions, args.concurrency, args.warmup_s, args.seed))
             print(f"warm-up {name}: {warm['requests']} requests, errors {warm['errors']}")
-
-        if args.profile_gateway_s > 0:
-            import threading
-
-            load = threading.Thread(
-                target=asyncio.run,
-                args=(
-                    drive(
-                        targets["solve"],
-                        questions,
-                        args.concurrency,
-                        args.profile_gateway_s + 5,
-                        args.seed,
-                    ),
-                ),
-            )
-            load.start()
-            time.sleep(2)
-            profile_gateway(args.profile_gateway_s, args.profile_out)
-            load.join()
-            print(f"py-spy profile of the Gateway written to {args.profile_out}")
-            return 0
 
         machine = machine_info()
         stats_before = asyncio.run(get_stats(base))
