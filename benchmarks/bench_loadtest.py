@@ -95,9 +95,10 @@ def memory_growth(samples: list[dict[str, Any]], early_requests: int) -> dict[st
 
 def convergence(summary: dict[str, Any]) -> dict[str, Any] | None:
     """Return when the moving mean cost settled within 2% of the budget after the retarget."""
-    if not summary["retargets"]:
+    applied = [r for r in summary["retargets"] if "error" not in r]
+    if not applied:
         return None
-    change = summary["retargets"][-1]
+    change = applied[-1]
     target = change["budget"]
     after = [
         s

@@ -14,10 +14,10 @@ changed during the run (``--retarget``, ``--operator`` or another client), the e
 over the requests since the last change instead, against the budget in force at the end. Other
 traffic to the service during the run is counted too, so run it against a service of its own.
 
-Exit status: 0 when every threshold holds. 1 when one fails: a failed request, p95 latency of
-``/v1/solve`` above ``--max-p95-ms``, or budget error above ``--max-budget-error``. 2 for invalid
-arguments, including a host that is not loopback. 3 when the service does not reply to
-``GET /v1/stats`` before the run.
+Exit status: 0 when every threshold holds. 1 when one fails: a failed request (including the
+``--retarget`` request), p95 latency of ``/v1/solve`` above ``--max-p95-ms``, or budget error
+above ``--max-budget-error``. 2 for invalid arguments, including a host that is not loopback.
+3 when the service does not reply to ``GET /v1/stats`` before the run.
 """
 
 from __future__ import annotations
@@ -183,6 +183,9 @@ def check_thresholds(summary: dict[str, Any], args: argparse.Namespace) -> list[
     failed = []
     if summary["failures"]:
         failed.append(f"{summary['failures']} of {summary['requests']} requests failed")
+    for change in summary["retargets"]:
+        if "error" in change:
+            failed.append(f"--retarget to {change['budget']:g} failed: {change['error']}")
     if summary["solve"]["requests"] == 0:
         failed.append("no /v1/solve request completed")
     p95 = summary["solve"]["p95_ms"]
@@ -301,6 +304,8 @@ def entry_summary(entry: Any, elapsed_s: float) -> dict[str, Any]:
 
 def run_locust(args: argparse.Namespace) -> int:
     """Run the load, write the CSV files and ``summary.json``, and return the exit status."""
+    from urllib.error import HTTPError
+
     import gevent
     from locust.env import Environment
 
@@ -334,8 +339,17 @@ def run_locust(args: argparse.Namespace) -> int:
 
     def retarget(at_s: float, budget: float) -> None:
         gevent.sleep(at_s)
-        reply = put_budget(args.host, budget)
-        retargets.append({"elapsed_s": time.monotonic() - started, "budget": budget} | reply)
+        record: dict[str, Any] = {"elapsed_s": time.monotonic() - started, "budget": budget}
+        try:
+            record |= put_budget(args.host, budget)
+        except OSError as exc:
+            # A rejected budget (HTTP 422) or a network error: the run goes on at the old one.
+            detail = str(exc)
+            if isinstance(exc, HTTPError):
+                detail += " " + exc.read().decode(errors="replace")[:300]
+            print(f"error: PUT {args.host}/v1/budget {budget:g} failed: {detail}", file=sys.stderr)
+            record["error"] = detail
+        retargets.append(record)
 
     sampler = gevent.spawn(sample_stats)
     helpers = [sampler]

@@ -72,6 +72,21 @@ def test_budget_error_after_retarget_uses_since_change() -> None:
     assert result["budget_error"] == pytest.approx(0.05)
 
 
+def test_failed_retarget_fails_run() -> None:
+    runner = load_runner()
+    args = runner.parse_args(["--host", "http://127.0.0.1:1"])
+    summary = {
+        "failures": 0,
+        "requests": 100,
+        "retargets": [{"elapsed_s": 5.0, "budget": 0.5, "error": "HTTP Error 422"}],
+        "solve": {"requests": 100, "p95_ms": 50.0},
+        "budget": {"budget_error": 0.001, "mean_cost": 4.004, "budget": 4.0},
+    }
+    failed = runner.check_thresholds(summary, args)
+    assert len(failed) == 1
+    assert "--retarget to 0.5 failed" in failed[0]
+
+
 @pytest.mark.parametrize(
     "host",
     [
