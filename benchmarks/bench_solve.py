@@ -17,7 +17,9 @@ Each record in the JSON output is one call, with its wall and CPU time, its coun
 faults, the objective (mean accuracy), and ``os.getloadavg()`` just before the call. The script
 prints two Markdown tables. The first has the medians, the ratios HiGHS / breakpoints and
 bisection / breakpoints, and the maximum absolute difference in mean accuracy between each of our
-methods and HiGHS. The second has the wall and CPU time per question.
+methods and HiGHS. The second has the wall and CPU time per question. Last it prints, for each
+solver, the exponent ``k`` of a fit ``time ~ n ** k`` over the sizes and between consecutive
+sizes, for the wall time and for the CPU time.
 
 Run from the repository root::
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -271,6 +274,33 @@ def summarise(n: int, results: dict[str, list[dict]]) -> dict:
     return summary
 
 
+def growth_exponents(summaries: list[dict], key: str = "median_seconds") -> dict[str, dict]:
+    """Fit how each solver's median time grows with n: ``time ~ n ** exponent``.
+
+    Returns, per solver, the least-squares slope of log(time) against log(n) over every size
+    that the solver finished, and the slope between each pair of consecutive sizes. An
+    exponent near 1 means linear growth. ``key`` selects wall time (``"median_seconds"``) or
+    CPU time (``"median_cpu_seconds"``).
+    """
+    out: dict[str, dict] = {}
+    for solver in (*METHODS, "highs"):
+        points = [(s["n"], s[key][solver]) for s in summaries if s[key].get(solver) is not None]
+        if len(points) < 2:
+            continue
+        log_n = np.log([n for n, _ in points])
+        log_t = np.log([t for _, t in points])
+        steps = [
+            {
+                "from_n": n0,
+                "to_n": n1,
+                "exponent": float(np.log(t1 / t0) / np.log(n1 / n0)),
+            }
+            for (n0, t0), (n1, t1) in itertools.pairwise(points)
+        ]
+        out[solver] = {"exponent": float(np.polyfit(log_n, log_t, 1)[0]), "steps": steps}
+    return out
+
+
 def markdown_tables(summaries: list[dict]) -> str:
     """Format the summaries as two Markdown tables: times and accuracy, then time per question.
 
@@ -388,6 +418,17 @@ def main(argv: list[str] | None = None) -> int:
             summaries.append(summarise(n, results))
     table = markdown_tables(summaries)
     print(table)
+    growth = {
+        "wall": growth_exponents(summaries),
+        "cpu": growth_exponents(summaries, "median_cpu_seconds"),
+    }
+    for clock, fits in growth.items():
+        for solver, fitted in fits.items():
+            steps = ", ".join(
+                f"{step['from_n']:,}->{step['to_n']:,}: {step['exponent']:.2f}"
+                for step in fitted["steps"]
+            )
+            print(f"{solver} {clock} time ~ n^{fitted['exponent']:.2f} ({steps})")
     if args.out:
         report = {
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -395,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine_info(),
             "settings": vars(args) | {"action_costs": list(ACTION_COSTS)},
             "summary": summaries,
+            "growth": growth,
             "measurements": measurements,
         }
         with open(args.out, "w", encoding="utf-8") as handle:

@@ -6,6 +6,7 @@ unlike Python's ``hash``, is stable across processes.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import zlib
@@ -19,6 +20,7 @@ HASH_BUCKETS = 32
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _WORD = re.compile(r"[a-z]+")
 _LATEX = re.compile(r"\\[a-zA-Z]+")
+_BUCKET_KEYS = tuple(f"word_{bucket:02d}" for bucket in range(HASH_BUCKETS))
 _CUES: dict[str, tuple[str, ...]] = {
     "cue_add": ("more", "total", "altogether", "sum", "added", "together", "gained"),
     "cue_sub": ("left", "less", "fewer", "lost", "remaining", "gave", "difference", "spent"),
@@ -54,15 +56,20 @@ def question_features(text: str, meta: Mapping[str, Any] | None = None) -> dict[
         "decimals": float(sum("." in n for n in numbers)),
         "latex_commands": float(len(_LATEX.findall(text))),
         "dollars": float(text.count("$")),
-        "sentences": float(max(1, len(re.findall(r"[.?!]", text)))),
+        "sentences": float(max(1, text.count(".") + text.count("?") + text.count("!"))),
     }
     for name, cues in _CUES.items():
-        features[name] = float(sum(lower.count(cue) for cue in cues))
+        features[name] = float(sum(map(lower.count, cues)))
     level = (meta or {}).get("level")
     if isinstance(level, int | float) and not isinstance(level, bool):
         features["level"] = float(level)
     for word in set(words):
-        bucket = zlib.crc32(word.encode()) % HASH_BUCKETS
-        key = f"word_{bucket:02d}"
+        key = _bucket_key(word)
         features[key] = features.get(key, 0.0) + 1.0
     return features
+
+
+@functools.lru_cache(maxsize=65_536)
+def _bucket_key(word: str) -> str:
+    """Return the feature name of the hash bucket of ``word``; cached, since words repeat."""
+    return _BUCKET_KEYS[zlib.crc32(word.encode()) % HASH_BUCKETS]

@@ -7,6 +7,7 @@ budget and the dual controller can steer its mean cost.
 
 from __future__ import annotations
 
+import math
 import pickle
 from collections.abc import Mapping, Sequence
 
@@ -83,15 +84,42 @@ class ValuePolicy:
         predictions are made non-decreasing along the actions (a running maximum); a tie then
         goes to the cheaper action.
         """
-        xs = self.scaler_.transform_one(dict(x))
-        raw = np.array([model.predict_one(xs) for model in self.models_])
+        return self._values_from_raw(self._predict_raw_one(x))
+
+    def _predict_raw_one(self, x: Mapping[str, float]) -> list[float]:
+        # `transform_one` builds a new dict and leaves ``x`` as it is.
+        xs = self.scaler_.transform_one(x)
+        return [model.predict_one(xs) for model in self.models_]
+
+    def _values_from_raw(self, raw: Sequence[float]) -> np.ndarray:
         prior = np.asarray(self.prior)
-        values = prior + self.shrinkage * (raw - prior)
+        values = prior + self.shrinkage * (np.asarray(raw) - prior)
         return np.maximum.accumulate(np.clip(values, 0.0, 1.0))
 
     def decide_one(self, x: Mapping[str, float], lambda_: float) -> int:
-        """Return the index of the action to take at price ``lambda_``."""
-        return int(lagrangian_argmax(self.predict_values_one(x), self.costs, lambda_))
+        """Return the index of the action to take at price ``lambda_``.
+
+        The decision equals ``lagrangian_argmax(self.predict_values_one(x), self.costs,
+        lambda_)``. For finite predictions it is computed on Python floats with the same
+        operations in the same order, because on five numbers numpy's fixed cost per call
+        made up about 40% of the decision's time.
+        """
+        if lambda_ < 0 or not math.isfinite(lambda_):
+            raise ValueError(f"lambda_ must be a finite non-negative number, got {lambda_!r}")
+        raw = self._predict_raw_one(x)
+        if not all(map(math.isfinite, raw)):
+            return int(lagrangian_argmax(self._values_from_raw(raw), self.costs, lambda_))
+        best, best_score, running = 0, -math.inf, -math.inf
+        for j, (start, prediction, cost) in enumerate(
+            zip(self.prior, raw, self.actions.sample_counts, strict=True)
+        ):
+            value = min(max(start + self.shrinkage * (prediction - start), 0.0), 1.0)
+            running = max(running, value)
+            score = running - lambda_ * float(cost)
+            # Strictly greater, so a tie goes to the cheaper action, as in `lagrangian_argmax`.
+            if score > best_score:
+                best, best_score = j, score
+        return best
 
     def learn_one(self, x: Mapping[str, float], values: Sequence[float]) -> None:
         """Update the models with the accuracy of every action on one question."""

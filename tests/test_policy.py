@@ -12,6 +12,7 @@ from online.actions import ActionSpace
 from online.artifact import WarmStart
 from online.datasets import load_dataset
 from online.features import question_features
+from online.lagrangian import lagrangian_argmax
 from online.policy import ValuePolicy
 from online.tables import uniform_allocation
 
@@ -41,6 +42,41 @@ def test_policy_decision_follows_price() -> None:
     assert policy.decide_one(x, 0.0) == 2
     assert policy.decide_one(x, 0.07) == 1  # 0.7 - 0.21 > 0.8 - 0.35 and > 0.5 - 0.07
     assert policy.decide_one(x, 1.0) == 0
+
+
+@pytest.mark.parametrize("shrinkage", [0.0, 0.4, 1.0])
+def test_policy_decision_matches_numpy_argmax(shrinkage: float) -> None:
+    rng = np.random.default_rng(7)
+    policy = ValuePolicy(
+        ActionSpace((1, 3, 5, 9, 15)),
+        learning_rate=0.05,
+        prior=[0.5, 0.6, 0.65, 0.7, 0.72],
+        shrinkage=shrinkage,
+    )
+    for _ in range(300):
+        x = {"a": float(rng.normal()), "b": float(rng.uniform(0, 5))}
+        policy.learn_one(x, list(np.sort(rng.uniform(-0.2, 1.2, size=5))))
+    lambdas = [0.0, 1e-4, 0.003, 0.01, 0.02, 0.05, 0.5, 10.0]
+    for _ in range(200):
+        x = {"a": float(rng.normal(scale=3)), "b": float(rng.uniform(-5, 10))}
+        for lambda_ in lambdas:
+            expected = int(lagrangian_argmax(policy.predict_values_one(x), policy.costs, lambda_))
+            assert policy.decide_one(x, lambda_) == expected, (x, lambda_)
+
+
+def test_policy_decision_with_nan_prediction_matches_numpy() -> None:
+    policy = ValuePolicy(ActionSpace((1, 3, 5)), prior=[0.5, 0.7, 0.8])
+    policy.models_[1].intercept = float("nan")
+    expected = int(lagrangian_argmax(policy.predict_values_one({"a": 1.0}), policy.costs, 0.01))
+    assert policy.decide_one({"a": 1.0}, 0.01) == expected
+
+
+def test_policy_decision_rejects_bad_price() -> None:
+    policy = ValuePolicy(ActionSpace((1, 3)))
+    with pytest.raises(ValueError, match="lambda_ must be"):
+        policy.decide_one({"a": 1.0}, -0.1)
+    with pytest.raises(ValueError, match="lambda_ must be"):
+        policy.decide_one({"a": 1.0}, float("nan"))
 
 
 def test_policy_partial_learning_touches_only_given_actions() -> None:
