@@ -56,11 +56,12 @@ def _markdown(report: dict[str, Any], curve: list[dict[str, Any]], source: str) 
     ]
     if len(curve) > 1:
         lines += ["", "## Accuracy against budget", ""]
-        lines.append("| budget | " + " | ".join(METHODS) + " |")
-        lines.append("|---" * (len(METHODS) + 1) + "|")
+        lines.append("| budget | " + " | ".join(METHODS) + " | rounds of `sequential` |")
+        lines.append("|---" * (len(METHODS) + 2) + "|")
         for point in curve:
             cells = " | ".join(f"{point['accuracy'][name]:.4f}" for name in METHODS)
-            lines.append(f"| {point['budget']:g} | {cells} |")
+            rounds = point["rounds"]["sequential"]
+            lines.append(f"| {point['budget']:g} | {cells} | {rounds:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -94,6 +95,7 @@ def write_report(
             "budget": b,
             "accuracy": {name: reports[b]["methods"][name]["accuracy"] for name in METHODS},
             "mean_cost": {name: reports[b]["methods"][name]["mean_cost"] for name in METHODS},
+            "rounds": dict(reports[b]["rounds"]),
         }
         for b in sorted(reports)
     ]
