@@ -16,6 +16,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from online.actions import DEFAULT_SAMPLE_COUNTS, ActionSpace
 from online.artifact import DEFAULT_ARTIFACT
 from online.datasets import DATASETS, dataset_path, load_dataset
@@ -38,7 +40,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
     except KeyError as exc:
         print(f"error: {exc.args[0]}", file=sys.stderr)
         return 2
-    count = write_samples(read_samples(path), args.out)
+    questions = read_samples(path)
+    if args.holdout is not None:
+        if not 0.0 < args.holdout < 1.0:
+            print(f"error: --holdout must be between 0 and 1, got {args.holdout}", file=sys.stderr)
+            return 2
+        if args.holdout_out is None:
+            message = "error: --holdout needs --holdout-out for the held-out questions"
+            print(message, file=sys.stderr)
+            return 2
+        order = np.random.default_rng(args.seed).permutation(len(questions))
+        held = set(order[: round(args.holdout * len(questions))].tolist())
+        kept = [q for i, q in enumerate(questions) if i not in held]
+        held_out = [q for i, q in enumerate(questions) if i in held]
+        count = write_samples(held_out, args.holdout_out)
+        print(f"wrote {count} held-out questions of {args.dataset} to {args.holdout_out}")
+        questions = kept
+    count = write_samples(questions, args.out)
     print(f"wrote {count} questions of {args.dataset} to {args.out}")
     return 0
 
@@ -123,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write a bundled data set as a samples file")
     export.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
     export.add_argument("--out", required=True, type=Path, help="output file (.jsonl or .jsonl.gz)")
+    export.add_argument(
+        "--holdout",
+        type=float,
+        help="fraction of the questions, drawn at random, to write to --holdout-out instead",
+    )
+    export.add_argument("--holdout-out", type=Path, help="output file of the held-out questions")
+    export.add_argument("--seed", type=int, default=0, help="seed of the --holdout draw")
     export.set_defaults(run=_cmd_export)
 
     ev = commands.add_parser("evaluate", help="cross-validate the policies and write a report")

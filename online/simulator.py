@@ -361,14 +361,14 @@ class _Simulation:
         if self.view.unreported >= self.config.report_batch:
             self.report()
         features, gold = done.record.features, done.record.question.gold
+        if done.probe and gold is not None:
+            self.probes_judged += 1
+            # A probe serves its own majority, so the answer is also its pseudo-label.
+            self.probes_agreeing += answers_match(done.answer, gold)
         if self.learner is None:
             return
         if done.probe:
             self.learner.learn_from_probe(features, done.keys, done.price)
-            if gold is not None:
-                self.probes_judged += 1
-                # A probe serves its own majority, so the answer is also its pseudo-label.
-                self.probes_agreeing += answers_match(done.answer, gold)
         elif done.feedback and gold is not None:
             self.learner.learn_from_gold(features, done.keys, gold, done.price)
 

@@ -12,7 +12,7 @@ import pytest
 
 from offline.evaluate import METHODS, EvaluationSettings, evaluate
 from online.datasets import load_dataset
-from online.samples import Question, Sample, write_samples
+from online.samples import Question, Sample, read_samples, write_samples
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -189,3 +189,30 @@ def test_price_rule_spends_budget_for_classifier_scores(guard: float, budget: fl
     rule = PriceRule.calibrate(scores, cost, budget, allow_negative=True)
     spent = rule.apply(scores, cost).expected(cost).mean()
     assert spent == pytest.approx(budget, rel=1e-9)
+
+
+def test_export_holdout_splits_a_set(tmp_path: Path) -> None:
+    kept, held = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    result = run_cli(
+        "export", "--dataset", "math100", "--out", str(kept), "--holdout", "0.25",
+        "--holdout-out", str(held),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    kept_ids = {q.id for q in read_samples(kept)}
+    held_ids = {q.id for q in read_samples(held)}
+    assert len(held_ids) == 25
+    assert len(kept_ids) == 75
+    assert not kept_ids & held_ids
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--holdout", "1.5", "--holdout-out", "x.jsonl"], "--holdout must be between 0 and 1"),
+        (["--holdout", "0.5"], "--holdout needs --holdout-out"),
+    ],
+)
+def test_export_holdout_rejects_bad_values(tmp_path: Path, extra: list[str], message: str) -> None:
+    result = run_cli("export", "--dataset", "math100", "--out", str(tmp_path / "a.jsonl"), *extra)
+    assert result.returncode == 2
+    assert message in result.stderr
