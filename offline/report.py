@@ -46,7 +46,15 @@ def _markdown(report: dict[str, Any], curve: list[dict[str, Any]], source: str) 
         f"`early-stop` {report['rounds']['early-stop']:.2f}; every other method makes one call.",
         "`sequential` with the price matched on the training folds instead spends "
         f"{report['sequential_cost_with_training_price']:.3f} on the test folds.",
-        "`early-stop` has no budget: its mean cost is what it spends.",
+        "`early-stop` has no budget: its mean cost is what it spends, so its share of the "
+        "oracle's gain is not at the same cost.",
+        "",
+        "Methods: `oracle` solves each test fold with full knowledge; `uniform` spends the same "
+        "on every question; `heuristic` scales the mean accuracy curve by a difficulty proxy "
+        "from the text; `learned` is the paper's classifier of oracle actions; `learned-value` "
+        "predicts each action's accuracy and takes the Lagrangian argmax; `sequential` draws in "
+        "rounds and stops when more samples do not pay at the price; `early-stop` is "
+        "Adaptive-Consistency's stopping rule without a budget.",
         "",
         "The oracle is in-sample by definition. Every other method is measured on held-out "
         "questions: its guard is chosen on the training folds, and its price is set on the "

@@ -199,10 +199,8 @@ class DifficultyGroups:
         self.weights_: np.ndarray = np.zeros(0)
         self.intercept_ = 0.0
         self.cuts_: np.ndarray = np.zeros(0)
-
-    def _matrix(self, features: Sequence[Mapping[str, float]]) -> np.ndarray:
-        x = np.array([[f.get(name, 0.0) for name in self.names_] for f in features], dtype=float)
-        return (x - self.mean_) / self.scale_
+        self._coefficients: dict[str, float] = {}
+        self._offset = 0.0
 
     def fit(
         self, features: Sequence[Mapping[str, float]], outcomes: Sequence[Outcomes]
@@ -223,21 +221,21 @@ class DifficultyGroups:
         return self
 
     def assign(self, features: Sequence[Mapping[str, float]]) -> np.ndarray:
-        """Return the group of every question."""
-        if self.groups == 1:
-            return np.zeros(len(features), dtype=np.int64)
-        scores = self._matrix(features) @ self.weights_
-        return np.searchsorted(self.cuts_, scores, side="right").astype(np.int64)
+        """Return the group of every question, computed as `assign_one` does for one."""
+        return np.array([self.assign_one(f) for f in features], dtype=np.int64)
 
     def assign_one(self, features: Mapping[str, float]) -> int:
+        """Return the group of one question; a feature unseen in training counts 0."""
         if self.groups == 1:
             return 0
-        score = sum(
-            w * (features.get(name, 0.0) - mu) / s
-            for name, w, mu, s in zip(
-                self.names_, self.weights_, self.mean_, self.scale_, strict=True
-            )
-        )
+        # Groups unpickled from an older artifact lack the cached coefficients.
+        coefficients = getattr(self, "_coefficients", None)
+        if not coefficients:
+            slopes = self.weights_ / self.scale_
+            coefficients = dict(zip(self.names_, slopes.tolist(), strict=True))
+            self._coefficients = coefficients
+            self._offset = -float(slopes @ self.mean_)
+        score = self._offset + sum(coefficients.get(k, 0.0) * v for k, v in features.items())
         return int(np.searchsorted(self.cuts_, score, side="right"))
 
 

@@ -81,6 +81,8 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     num_replicas=1,
     max_ongoing_requests=1000,
     ray_actor_options={"num_cpus": 0},
+    # Gateways report every 50 ms; an access-log line per report would flood the log.
+    logging_config={"enable_access_log": False},
 )
 class DualControllerDeployment:
     """Owns the price, the budget and the cost totals; snapshots them when a path is set.
