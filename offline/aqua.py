@@ -145,10 +145,12 @@ def read_ans(namespace: Mapping[str, Any]) -> tuple[list[Any] | None, str | None
 
 @dataclass(frozen=True)
 class Reading:
-    """One way to read an option text as numbers, with the symbols it uses."""
+    """One way to read an option text as numbers, with the symbols it uses. A ``ratio``
+    reading holds ``a / b`` of an option ``a:b``, which a pair of values matches by its ratio."""
 
     numbers: tuple[float, ...]
     symbols: frozenset[str] = frozenset()
+    ratio: bool = False
 
 
 @dataclass(frozen=True)
@@ -376,7 +378,8 @@ def _readings(text: str) -> list[Reading]:
     text = _COMBINATIONS.sub(lambda m: str(math.comb(int(m[1]), int(m[2]))), text)
     text = _RATE_UNIT.sub(" ", _ODD_CHARACTERS.sub(" ", text))
     text = _WORD.sub(_drop_word, text)
-    text = re.sub(r"(?<![\w)])\s*/\s*(?![\w(])", " ", text).strip(" ./")
+    # A slash left over from a unit such as "step/minute" stands at the end.
+    text = re.sub(r"\s*/\s*$", "", text).strip(" ./")
 
     readings: list[Reading] = []
     parts = [p for p in _SEPARATOR.split(text.strip("()")) if p.strip()]
@@ -389,7 +392,7 @@ def _readings(text: str) -> list[Reading]:
             symbols = frozenset().union(*(v.symbols for v in values))
             readings.append(Reading(numbers, symbols))
             if ":" in text and len(parts) == 2 and numbers[1] != 0:
-                readings.append(Reading((numbers[0] / numbers[1],), symbols))
+                readings.append(Reading((numbers[0] / numbers[1],), symbols, ratio=True))
         else:
             readings.append(_evaluate(text))
     except (_ParseError, KeyError):
@@ -434,6 +437,8 @@ def _distance(value: ProgramValue, reading: Reading) -> float:
     """Return how far a program's value is from one reading of an option (inf: not comparable)."""
     if value.symbols != reading.symbols:
         return math.inf
+    if reading.ratio and len(value.numbers) == 2 and value.numbers[1] != 0:
+        return abs(value.numbers[0] / value.numbers[1] - reading.numbers[0])
     if len(value.numbers) == len(reading.numbers):
         return sum(abs(a - b) for a, b in zip(value.numbers, reading.numbers, strict=True))
     if len(reading.numbers) == 1:

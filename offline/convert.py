@@ -65,6 +65,7 @@ RAW_FILES: dict[str, str] = {
 OUT_FILES: dict[str, str] = {name: f"{name}.jsonl.gz" for name in RAW_FILES}
 
 _MIB = 1024 * 1024
+_AQUA_WALL_SECONDS = 60.0
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 # Audit events that stop a sandboxed program: network access and starting other programs.
 _BLOCKED_EVENTS = frozenset(
@@ -527,6 +528,8 @@ class AquaReport:
     majority_accuracy: float
     recorded_letters: int
     agrees_with_recorded: int
+    recorded_values: int
+    recorded_value_maps_to_recorded_letter: int
     isolation: str
 
 
@@ -580,6 +583,15 @@ def _aqua_record(
     return text, choices, _svamp_programs(path, line_no, obj)
 
 
+def _recorded_number(raw: Any) -> float | None:
+    """Parse a recorded value such as ``"234.29"``; None for "None", tuples and expressions."""
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
 def convert_aqua(raw_dir: Path, out_path: Path, sandbox: Sandbox) -> AquaReport:
     """Run every AQuA-RAT program once in ``sandbox`` (runtime "sympy") and write the samples.
 
@@ -605,7 +617,7 @@ def convert_aqua(raw_dir: Path, out_path: Path, sandbox: Sandbox) -> AquaReport:
 
     questions: list[Question] = []
     failures: Counter[str] = Counter()
-    correct = recorded_letters = agree = 0
+    correct = recorded_letters = agree = recorded_values = value_agree = 0
     for index, ((line_no, obj), (text, choices, programs), runs) in enumerate(
         zip(rows, records, results, strict=True), start=1
     ):
@@ -617,10 +629,17 @@ def convert_aqua(raw_dir: Path, out_path: Path, sandbox: Sandbox) -> AquaReport:
         failures.update(r.failure for r in runs if r.failure is not None)
         winner = vote([s.answer for s in samples]).answer
         correct += winner == gold
+        # The authors' pick: the most frequent value among their runs (`generated_prediction`),
+        # mapped to a letter by asking code-davinci-002 for the closest option (`prediction`).
         recorded = obj.get("prediction")
-        if isinstance(recorded, str):
+        if isinstance(recorded, str) and recorded in ("A", "B", "C", "D", "E"):
             recorded_letters += 1
             agree += winner == recorded
+            recorded_value = _recorded_number(obj.get("generated_prediction"))
+            if recorded_value is not None:
+                recorded_values += 1
+                mapped = nearest_letter(ProgramValue((recorded_value,)), choices)
+                value_agree += mapped == recorded
     write_samples(questions, out_path)
 
     return AquaReport(
@@ -631,6 +650,8 @@ def convert_aqua(raw_dir: Path, out_path: Path, sandbox: Sandbox) -> AquaReport:
         majority_accuracy=correct / len(questions),
         recorded_letters=recorded_letters,
         agrees_with_recorded=agree,
+        recorded_values=recorded_values,
+        recorded_value_maps_to_recorded_letter=value_agree,
         isolation=sandbox.isolation,
     )
 
@@ -751,6 +772,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 logger.info("svamp: %s", convert_svamp(args.raw, out_path, sandbox))
         elif name == "aqua":
             limits = {"cpu_seconds": args.cpu_seconds, "memory_bytes": args.memory_mib * _MIB}
+            # SymPy programs can use most of their CPU time; a long wall-clock limit lets the
+            # CPU limit decide, so a busy machine does not change the results.
+            limits["wall_seconds"] = _AQUA_WALL_SECONDS
             with Sandbox(workers=args.workers, runtime="sympy", **limits) as sandbox:
                 logger.info("aqua: %s", convert_aqua(args.raw, out_path, sandbox))
         elif name == "math100":

@@ -213,6 +213,8 @@ def test_malformed_line_names_file_and_line(tmp_path: Path, line: str, message: 
         (["A)1 hr 23 min", "B)1 hr 15 min", "C)56 min", "D)1 hour", "E)2"], (1.38,), "A"),
         (["A)62, 35", "B)62, 34", "C)34, 62", "D)42, 62", "E)62, 42"], (34.0, 62.0), "C"),
         (["A)69:91", "B)59:91", "C)59:90", "D)6:9", "E)69:101"], (0.655,), "C"),
+        (["A)69:91", "B)59:91", "C)59:90", "D)6:9", "E)69:101"], (6.6, 10.2), "B"),
+        (["A)M + N / 8", "B)2M + N / 8", "C)M + N", "D)8", "E)1 step/minute"], (1.0,), "E"),
         (["A)A)59", "B)B)69", "C)C)79", "D)D)89", "E)E)99"], (70.0,), "B"),
         (["A)9", "B)11", "C)22", "D)25", "E)31"], (-21.4, 21.4), "C"),
         (["A)80 kmph", "B)50", "C)120", "D)70", "E)80 kmph"], (80.0,), "A"),
@@ -257,6 +259,7 @@ def _write_raw_aqua(raw: Path) -> None:
             "question": "A train covers 120 km in 2 hours. What is its speed?",
             "options": ["A)50 km/h", "B)60 km/h", "C)70 km/h", "D)80 km/h", "E)None"],
             "answer": "B",
+            "generated_prediction": "60.0",
             "prediction": "B",
             "generated": [
                 "\nans = 120 / 2",
@@ -272,7 +275,8 @@ def _write_raw_aqua(raw: Path) -> None:
             "question": "What is 15% of 200, as a share of 100?",
             "options": ["A)10%", "B)20%", "C)30%", "D)40%", "E)50%"],
             "answer": "C",
-            "prediction": None,
+            "generated_prediction": "None",
+            "prediction": "None",
             "generated": ["\nans = 0.15 * 200 / 100", "\nans = (30, 0.3)", "\nans = math.sqrt(-1)"],
         },
     ]
@@ -290,6 +294,7 @@ def test_aqua_conversion_is_deterministic(tmp_path: Path) -> None:
     assert first.read_bytes() == second.read_bytes()
     assert (report.questions, report.programs, report.null_answers) == (2, 8, 3)
     assert (report.recorded_letters, report.agrees_with_recorded) == (1, 1)
+    assert (report.recorded_values, report.recorded_value_maps_to_recorded_letter) == (1, 1)
     assert report.majority_accuracy == 1.0
 
     q1, q2 = read_samples(first)
