@@ -42,15 +42,15 @@ def solve_it(equations, variable):
     solutions = _sympy.solve(equations, variable, dict=True)
     if solutions:
         return solutions[0]
-    wanted = variable if isinstance(variable, (list, tuple)) else [variable]
-    return {symbol: None for symbol in wanted}
+    requested = variable if isinstance(variable, (list, tuple)) else [variable]
+    return {symbol: None for symbol in requested}
 """
 
 
 def symbol_value(name: str) -> float:
     """Return the fixed test value, in [1.5, 3.5), that stands for the free symbol ``name``.
 
-    A program whose ``ans`` still holds symbols (such as ``(y*z - 2*x)/(z - 2)``) and an option
+    A program whose ``ans`` still contains symbols (such as ``(y*z - 2*x)/(z - 2)``) and an option
     written with the same letters are compared at these values.
 
     >>> symbol_value("x") == symbol_value("x") != symbol_value("y")
@@ -65,8 +65,8 @@ def symbol_value(name: str) -> float:
 
 @dataclass(frozen=True)
 class ProgramValue:
-    """What a program's ``ans`` evaluates to: one or more real numbers, with the names of the
-    free symbols that were set to `symbol_value` to get them."""
+    """Value of a program's ``ans``: one or more real numbers, and the names of the free
+    symbols that were set to `symbol_value` to get them."""
 
     numbers: tuple[float, ...]
     symbols: frozenset[str] = frozenset()
@@ -146,7 +146,7 @@ def read_ans(namespace: Mapping[str, Any]) -> tuple[list[Any] | None, str | None
 @dataclass(frozen=True)
 class Reading:
     """One way to read an option text as numbers, with the symbols it uses. A ``ratio``
-    reading holds ``a / b`` of an option ``a:b``, which a pair of values matches by its ratio."""
+    reading is ``a / b`` of an option ``a:b``, which a pair of values matches by its ratio."""
 
     numbers: tuple[float, ...]
     symbols: frozenset[str] = frozenset()

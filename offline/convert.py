@@ -205,7 +205,7 @@ def _run_in_child(
 
 @dataclass(frozen=True)
 class _Runtime:
-    """What a worker runs around each program: a preamble and the reader of ``ans``."""
+    """Preamble and ``ans`` reader that a worker runs around each program."""
 
     preamble: str
     read_result: Callable[[dict[str, Any]], tuple[Any, str | None]]
@@ -772,7 +772,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 logger.info("svamp: %s", convert_svamp(args.raw, out_path, sandbox))
         elif name == "aqua":
             limits = {"cpu_seconds": args.cpu_seconds, "memory_bytes": args.memory_mib * _MIB}
-            # SymPy programs can use most of their CPU time; a long wall-clock limit lets the
+            # SymPy programs can use most of their CPU time. A long wall-clock limit lets the
             # CPU limit decide, so a busy machine does not change the results.
             limits["wall_seconds"] = _AQUA_WALL_SECONDS
             with Sandbox(workers=args.workers, runtime="sympy", **limits) as sandbox:
