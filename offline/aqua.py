@@ -31,11 +31,18 @@ __all__ = [
 #: Code run in each sandboxed child before an AQuA-RAT program. The few-shot prompt of the
 #: programs imports ``Symbol``, ``simplify`` and ``math`` and promises ``solve_it(equations,
 #: variable)``, which returns the first solution as a dict from symbol to value (``None`` for
-#: each wanted symbol when there is no solution).
+#: each requested symbol when there is no solution). The random generators of Python and SymPy
+#: get a fixed seed, so a program that draws random numbers gives the same value in every run.
 PREAMBLE = """
 import math
+import random as _random
+
 import sympy as _sympy
+import sympy.core.random as _sympy_random
 from sympy import Symbol, simplify
+
+_random.seed(0)
+_sympy_random.seed(0)
 
 
 def solve_it(equations, variable):
