@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,15 +28,20 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
+from offline.aqua import PREAMBLE as aqua_preamble
+from offline.aqua import Choice, ProgramValue, nearest_letter, read_ans, read_choice
 from online.answers import canonical_key, extract_answer, vote
 from online.samples import Question, Sample, write_samples
 
 __all__ = [
     "RAW_FILES",
+    "RUNTIMES",
+    "AquaReport",
     "ConversionError",
     "RunResult",
     "Sandbox",
     "SandboxError",
+    "convert_aqua",
     "convert_gsm8k",
     "convert_math100",
     "convert_math500",
@@ -50,6 +55,7 @@ logger = logging.getLogger(__name__)
 #: Raw file of each data set, relative to the ``--raw`` folder.
 RAW_FILES: dict[str, str] = {
     "svamp": "pot_svamp_sc/svamp_sc_s0_e-1_11_08_14_02.jsonl",
+    "aqua": "pot_aqua_sc/aqua_sc_s0_e-1_11_07_20_49.jsonl",
     "math100": "qwen25math_maj8_example/math_cot_100.jsonl",
     "gsm8k": "gsm8k_openai/test.jsonl",
     "math500": "math500_levels/math500.jsonl",
@@ -59,6 +65,7 @@ RAW_FILES: dict[str, str] = {
 OUT_FILES: dict[str, str] = {name: f"{name}.jsonl.gz" for name in RAW_FILES}
 
 _MIB = 1024 * 1024
+_AQUA_WALL_SECONDS = 60.0
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 # Audit events that stop a sandboxed program: network access and starting other programs.
 _BLOCKED_EVENTS = frozenset(
@@ -109,10 +116,11 @@ def _numeric_result(namespace: dict[str, Any]) -> tuple[int | float | None, str 
     return value, None
 
 
-def _child(code: str, out_fd: int, cpu_seconds: int, memory_bytes: int) -> None:
+def _child(code: str, out_fd: int, cpu_seconds: int, memory_bytes: int, runtime: _Runtime) -> None:
     """Set the limits of the forked child, run ``code`` in a fresh namespace, write the result.
 
-    Writes one JSON array ``[value, reason]`` to ``out_fd``. The caller ends the process with
+    The runtime's preamble runs first, in the same namespace and under the same limits. Writes
+    one JSON array ``[value, reason]`` to ``out_fd``. The caller ends the process with
     ``os._exit`` afterwards, so the worker's state is never flushed or run twice.
     """
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -122,15 +130,22 @@ def _child(code: str, out_fd: int, cpu_seconds: int, memory_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     sys.addaudithook(_block_event)
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
-    result: tuple[int | float | None, str | None]
+    result: tuple[Any, str | None]
     try:
+        if runtime.preamble:
+            exec(compile(runtime.preamble, "<preamble>", "exec"), namespace)
         exec(compile(code, "<program>", "exec"), namespace)
     except MemoryError:
         result = None, "exceeded the memory limit"
     except BaseException as exc:
         result = None, f"raised {type(exc).__name__}"
     else:
-        result = _numeric_result(namespace)
+        try:
+            result = runtime.read_result(namespace)
+        except MemoryError:
+            result = None, "exceeded the memory limit"
+        except BaseException as exc:
+            result = None, f"left an ans that could not be read ({type(exc).__name__})"
     try:
         payload = json.dumps(result)
     except ValueError:
@@ -155,15 +170,15 @@ def _read_until(fd: int, deadline: float) -> tuple[bytes, bool]:
 
 
 def _run_in_child(
-    code: str, cpu_seconds: int, memory_bytes: int, wall_seconds: float
-) -> tuple[int | float | None, str | None]:
+    code: str, cpu_seconds: int, memory_bytes: int, wall_seconds: float, runtime: _Runtime
+) -> tuple[Any, str | None]:
     """Fork a child for one program and wait for its report, at most ``wall_seconds``."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             os.close(read_fd)
-            _child(code, write_fd, cpu_seconds, memory_bytes)
+            _child(code, write_fd, cpu_seconds, memory_bytes, runtime)
         finally:
             os._exit(0)
     os.close(write_fd)
@@ -188,12 +203,35 @@ def _run_in_child(
     return value, reason
 
 
-def _worker_main(cpu_seconds: int, memory_bytes: int, wall_seconds: float) -> None:
+@dataclass(frozen=True)
+class _Runtime:
+    """Preamble and ``ans`` reader that a worker runs around each program."""
+
+    preamble: str
+    read_result: Callable[[dict[str, Any]], tuple[Any, str | None]]
+
+
+def _load_runtime(name: str) -> _Runtime:
+    """Build the named runtime in a worker, importing what its programs need before forking."""
+    if name == "plain":
+        return _Runtime("", _numeric_result)
+    # Imported once here: every forked child shares the loaded modules.
+    import sympy  # noqa: F401
+
+    return _Runtime(aqua_preamble, read_ans)
+
+
+def _worker_main(
+    cpu_seconds: int, memory_bytes: int, wall_seconds: float, runtime: str = "plain"
+) -> None:
     """Serve batches on stdin/stdout: one JSON list of programs in, one list of results out."""
+    loaded = _load_runtime(runtime)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     for line in stdin:
         programs = json.loads(line)
-        results = [_run_in_child(p, cpu_seconds, memory_bytes, wall_seconds) for p in programs]
+        results = [
+            _run_in_child(p, cpu_seconds, memory_bytes, wall_seconds, loaded) for p in programs
+        ]
         stdout.write(json.dumps(results).encode("utf-8") + b"\n")
         stdout.flush()
 
@@ -202,11 +240,20 @@ def _worker_main(cpu_seconds: int, memory_bytes: int, wall_seconds: float) -> No
 # Sandbox: parent side
 
 
+#: Runtimes of the sandbox. "plain": no preamble, ``ans`` must be a finite real number.
+#: "sympy": the AQuA-RAT preamble (SymPy and ``solve_it``), ``ans`` read by
+#: `offline.aqua.read_ans` as ``[numbers, symbol names]``.
+RUNTIMES = ("plain", "sympy")
+
+
 @dataclass(frozen=True)
 class RunResult:
-    """Outcome of one program: the finite real value of ``ans``, or None and the reason."""
+    """Outcome of one program: the value of ``ans`` in the runtime's form, or None and the reason.
 
-    value: int | float | None
+    In the "plain" runtime the value is a finite real number.
+    """
+
+    value: Any
     failure: str | None = None
 
 
@@ -238,7 +285,7 @@ class Sandbox:
     namespace. The child gets ``RLIMIT_CPU`` = ``cpu_seconds`` (seconds) and ``RLIMIT_AS`` =
     ``memory_bytes`` (bytes), and is killed after ``wall_seconds`` of wall-clock time. An audit
     hook in the child blocks sockets and subprocesses. Workers start in a scratch directory
-    that `close` removes. Use as a context manager.
+    that `close` removes. ``runtime`` is one of `RUNTIMES`. Use as a context manager.
     """
 
     def __init__(
@@ -247,7 +294,10 @@ class Sandbox:
         cpu_seconds: int = 2,
         memory_bytes: int = 512 * _MIB,
         wall_seconds: float = 10.0,
+        runtime: str = "plain",
     ) -> None:
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers!r}")
         if cpu_seconds < 1:
@@ -256,6 +306,7 @@ class Sandbox:
         if not prefix:
             logger.warning("unshare is not usable here: programs run without a network namespace")
         self.isolation = " ".join(prefix) if prefix else "audit hook only"
+        self.runtime = runtime
         self._scratch = tempfile.mkdtemp(prefix="sandbox-")
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -263,9 +314,12 @@ class Sandbox:
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONPATH": str(_REPO_ROOT),
         }
+        if runtime != "plain":
+            # One BLAS thread: NumPy's default thread buffers can exceed the address-space limit.
+            env["OPENBLAS_NUM_THREADS"] = "1"
         start = (
             "from offline.convert import _worker_main; "
-            f"_worker_main({cpu_seconds!r}, {memory_bytes!r}, {wall_seconds!r})"
+            f"_worker_main({cpu_seconds!r}, {memory_bytes!r}, {wall_seconds!r}, {runtime!r})"
         )
         self._procs = [
             subprocess.Popen(
@@ -463,6 +517,145 @@ def convert_svamp(raw_dir: Path, out_path: Path, sandbox: Sandbox) -> SvampRepor
     )
 
 
+@dataclass(frozen=True)
+class AquaReport:
+    """Figures measured while converting AQuA-RAT."""
+
+    questions: int
+    programs: int
+    null_answers: int
+    failures: dict[str, int]
+    majority_accuracy: float
+    recorded_letters: int
+    agrees_with_recorded: int
+    recorded_values: int
+    recorded_value_maps_to_recorded_letter: int
+    isolation: str
+
+
+def _aqua_answer(program: str, result: RunResult, choices: Sequence[Choice]) -> Sample:
+    """Map one program's result to the nearest option and build its sample."""
+    letter: str | None = None
+    if result.value is None:
+        failure = result.failure
+    else:
+        value = ProgramValue.from_json(result.value)
+        letter = nearest_letter(value, choices)
+        shown = ", ".join(format_number(x) for x in value.numbers)
+        if value.symbols:
+            names = ", ".join(sorted(value.symbols))
+            shown = f"{shown} with the symbols {names} set to fixed test values"
+            failure = f"left ans with the symbols {names}, which no option uses alike"
+        else:
+            failure = "left ans that no option can be compared with"
+    if letter is None:
+        # Nothing may follow "the answer is" but the period: extract_answer then finds no answer.
+        last_line = f"No answer was produced (the program {failure}), so the answer is ."
+    else:
+        last_line = f"ans is {shown}, nearest to option {letter}. The answer is {letter}."
+    text = program.lstrip("\n").rstrip() + "\n" + last_line
+    if extract_answer(text) != letter:
+        raise ConversionError(
+            f"extract_answer gives {extract_answer(text)!r} but the program's letter is "
+            f"{letter!r} for the text {text[-200:]!r}"
+        )
+    return Sample(answer=letter, text=text)
+
+
+def _aqua_record(
+    path: Path, line_no: int, obj: dict[str, Any]
+) -> tuple[str, list[Choice], list[str]]:
+    """Return the question text with its options, the parsed options and the programs."""
+    options = _field(path, line_no, obj, "options", list)
+    if len(options) != 5 or not all(isinstance(o, str) for o in options):
+        raise ConversionError(
+            f"{path}:{line_no}: field 'options' must be 5 strings, got {options!r:.200}"
+        )
+    try:
+        choices = [read_choice(o) for o in options]
+    except ValueError as exc:
+        raise ConversionError(f"{path}:{line_no}: field 'options': {exc}") from None
+    if [c.letter for c in choices] != list("ABCDE"):
+        raise ConversionError(
+            f"{path}:{line_no}: field 'options' must be lettered A to E in order, got {options!r}"
+        )
+    text = _field(path, line_no, obj, "question", str).strip() + "\n" + "\n".join(options)
+    return text, choices, _svamp_programs(path, line_no, obj)
+
+
+def _recorded_number(raw: Any) -> float | None:
+    """Parse a recorded value such as ``"234.29"``; None for "None", tuples and expressions."""
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def convert_aqua(raw_dir: Path, out_path: Path, sandbox: Sandbox) -> AquaReport:
+    """Run every AQuA-RAT program once in ``sandbox`` (runtime "sympy") and write the samples.
+
+    Each sample's answer is the letter of the option nearest to the program's value (see
+    `offline.aqua.nearest_letter`), or null. The gold is the recorded letter.
+    """
+    if sandbox.runtime != "sympy":
+        raise ValueError(
+            f"convert_aqua needs a sandbox with runtime 'sympy', got {sandbox.runtime!r}"
+        )
+    path = raw_dir / RAW_FILES["aqua"]
+    # The few-shot prompt appears as a {"demonstration": ...} line more than once in the file.
+    rows = [(line_no, obj) for line_no, obj in _read_jsonl(path) if "demonstration" not in obj]
+    records = [_aqua_record(path, line_no, obj) for line_no, obj in rows]
+    progress = tqdm(
+        sandbox.map([programs for _, _, programs in records]),
+        total=len(records),
+        desc="aqua",
+        unit="question",
+        mininterval=1.0,
+    )
+    results = list(progress)
+
+    questions: list[Question] = []
+    failures: Counter[str] = Counter()
+    correct = recorded_letters = agree = recorded_values = value_agree = 0
+    for index, ((line_no, obj), (text, choices, programs), runs) in enumerate(
+        zip(rows, records, results, strict=True), start=1
+    ):
+        samples = tuple(_aqua_answer(p, r, choices) for p, r in zip(programs, runs, strict=True))
+        gold = _field(path, line_no, obj, "answer", str).strip()
+        if gold not in "ABCDE" or len(gold) != 1:
+            raise ConversionError(f"{path}:{line_no}: field 'answer' must be A to E, got {gold!r}")
+        questions.append(Question(f"aqua-{index:03d}", text, gold, samples, {"dataset": "aqua"}))
+        failures.update(r.failure for r in runs if r.failure is not None)
+        winner = vote([s.answer for s in samples]).answer
+        correct += winner == gold
+        # The authors' pick: the most frequent value among their runs (`generated_prediction`),
+        # mapped to a letter by asking code-davinci-002 for the closest option (`prediction`).
+        recorded = obj.get("prediction")
+        if isinstance(recorded, str) and recorded in ("A", "B", "C", "D", "E"):
+            recorded_letters += 1
+            agree += winner == recorded
+            recorded_value = _recorded_number(obj.get("generated_prediction"))
+            if recorded_value is not None:
+                recorded_values += 1
+                mapped = nearest_letter(ProgramValue((recorded_value,)), choices)
+                value_agree += mapped == recorded
+    write_samples(questions, out_path)
+
+    return AquaReport(
+        questions=len(questions),
+        programs=sum(len(q.samples) for q in questions),
+        null_answers=sum(s.answer is None for q in questions for s in q.samples),
+        failures=dict(failures.most_common()),
+        majority_accuracy=correct / len(questions),
+        recorded_letters=recorded_letters,
+        agrees_with_recorded=agree,
+        recorded_values=recorded_values,
+        recorded_value_maps_to_recorded_letter=value_agree,
+        isolation=sandbox.isolation,
+    )
+
+
 def _math_level(path: Path, line_no: int, raw: Any) -> int:
     """Parse ``"Level 3"`` (or an int) into 3."""
     match = re.fullmatch(r"(?:Level\s*)?([1-5])", str(raw).strip())
@@ -577,6 +770,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             limits = {"cpu_seconds": args.cpu_seconds, "memory_bytes": args.memory_mib * _MIB}
             with Sandbox(workers=args.workers, **limits) as sandbox:
                 logger.info("svamp: %s", convert_svamp(args.raw, out_path, sandbox))
+        elif name == "aqua":
+            limits = {"cpu_seconds": args.cpu_seconds, "memory_bytes": args.memory_mib * _MIB}
+            # SymPy programs can use most of their CPU time. A long wall-clock limit lets the
+            # CPU limit decide, so a busy machine does not change the results.
+            limits["wall_seconds"] = _AQUA_WALL_SECONDS
+            with Sandbox(workers=args.workers, runtime="sympy", **limits) as sandbox:
+                logger.info("aqua: %s", convert_aqua(args.raw, out_path, sandbox))
         elif name == "math100":
             share = convert_math100(args.raw, out_path)
             logger.info("math100: extract_answer equals the recorded pred on %.4f", share)

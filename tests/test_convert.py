@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from offline.convert import RAW_FILES, RunResult, Sandbox, convert_svamp
+from offline.aqua import ProgramValue, nearest_letter, read_choice, symbol_value
+from offline.convert import RAW_FILES, RunResult, Sandbox, convert_aqua, convert_svamp
 from online.answers import canonical_key, extract_answer
 from online.datasets import DATASETS, load_dataset
 from online.samples import Question, SamplesFormatError, read_samples
@@ -195,3 +196,116 @@ def test_malformed_line_names_file_and_line(tmp_path: Path, line: str, message: 
         read_samples(path)
     assert str(info.value).startswith(f"{path}:3: ")
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "value", "letter"),
+    [
+        (["A)226", "B)230", "C)240", "D)260", "E)280"], (234.29,), "B"),
+        (["A)20%", "B)28%", "C)36%", "D)40%", "E)42%"], (0.28,), "B"),
+        (["A)20%", "B)28%", "C)36%", "D)40%", "E)42%"], (36.0,), "C"),
+        (["A)Rs. 4,400", "B)$4,270", "C)s.4000", "D)3937.50 Rs", "E)None"], (3940.0,), "D"),
+        (["A)4 1/3 km/h", "B)7 2/3 km/h", "C)9 ½ km/h", "D)8 km/h", "E)81"], (9.4,), "C"),
+        (["A)5(√3 + 1)", "B)6(√3+√2)", "C)7(√3 \u2013 1)", "D)8(√3\u22122)", "E)0"], (5.1,), "C"),
+        (["A)2!", "B)3!", "C)7!", "D)8!", "E)9!"], (5040,), "C"),
+        (["A)750pi", "B)1500pi", "C)1875pi", "D)3000pi", "E)7500pi"], (9424.78,), "D"),
+        (["A)1 hr 23 min", "B)1 hr 15 min", "C)56 min", "D)1 hour", "E)2"], (75.0,), "B"),
+        (["A)1 hr 23 min", "B)1 hr 15 min", "C)56 min", "D)1 hour", "E)2"], (1.38,), "A"),
+        (["A)62, 35", "B)62, 34", "C)34, 62", "D)42, 62", "E)62, 42"], (34.0, 62.0), "C"),
+        (["A)69:91", "B)59:91", "C)59:90", "D)6:9", "E)69:101"], (0.655,), "C"),
+        (["A)69:91", "B)59:91", "C)59:90", "D)6:9", "E)69:101"], (6.6, 10.2), "B"),
+        (["A)M + N / 8", "B)2M + N / 8", "C)M + N", "D)8", "E)1 step/minute"], (1.0,), "E"),
+        (["A)A)59", "B)B)69", "C)C)79", "D)D)89", "E)E)99"], (70.0,), "B"),
+        (["A)9", "B)11", "C)22", "D)25", "E)31"], (-21.4, 21.4), "C"),
+        (["A)80 kmph", "B)50", "C)120", "D)70", "E)80 kmph"], (80.0,), "A"),
+    ],
+)
+def test_aqua_value_maps_to_nearest_option(
+    options: list[str], value: tuple[float, ...], letter: str
+) -> None:
+    choices = [read_choice(o) for o in options]
+    assert nearest_letter(ProgramValue(value), choices) == letter
+
+
+def test_aqua_symbolic_value_needs_the_same_letters() -> None:
+    options = ["A)(zy - 2x)/z", "B)(zy-2)/z", "C)(zx - y)/(z-2)", "D)(zy \u2013 2x)/(z -2)", "E)0"]
+    choices = [read_choice(o) for o in options]
+    x, y, z = (symbol_value(name) for name in "xyz")
+    answer = ProgramValue(((y * z - 2 * x) / (z - 2),), frozenset("xyz"))
+    assert nearest_letter(answer, choices) == "D"
+    assert nearest_letter(ProgramValue((1.0,), frozenset("xyw")), choices) is None
+    assert nearest_letter(ProgramValue((0.1,)), choices) == "E"
+
+
+@pytest.mark.parametrize(
+    "option", ["E)None of these", "D)Cannot be determined", "A)20 < x < 54", "C)II only", "B)?"]
+)
+def test_aqua_option_without_a_number(option: str) -> None:
+    assert read_choice(option).readings == ()
+
+
+def test_aqua_option_needs_a_letter() -> None:
+    with pytest.raises(ValueError, match="option must start with a letter A to E"):
+        read_choice("5 hours")
+
+
+def _write_raw_aqua(raw: Path) -> None:
+    path = raw / RAW_FILES["aqua"]
+    path.parent.mkdir(parents=True)
+    prompt = {"demonstration": "prompt"}
+    rows = [
+        prompt,
+        {
+            "question": "A train covers 120 km in 2 hours. What is its speed?",
+            "options": ["A)50 km/h", "B)60 km/h", "C)70 km/h", "D)80 km/h", "E)None"],
+            "answer": "B",
+            "generated_prediction": "60.0",
+            "prediction": "B",
+            "generated": [
+                "\nans = 120 / 2",
+                "\nspeed = Symbol('speed', positive=True)\n"
+                "solution = solve_it(speed * 2 - 120, speed)\nans = solution[speed]",
+                "\nans = 120 * 2 / 3",
+                "\nans = 'sixty'",
+                "\nx = Symbol('x')\nans = x + 1",
+            ],
+        },
+        prompt,
+        {
+            "question": "What is 15% of 200, as a share of 100?",
+            "options": ["A)10%", "B)20%", "C)30%", "D)40%", "E)50%"],
+            "answer": "C",
+            "generated_prediction": "None",
+            "prediction": "None",
+            "generated": ["\nans = 0.15 * 200 / 100", "\nans = (30, 0.3)", "\nans = math.sqrt(-1)"],
+        },
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def test_aqua_conversion_is_deterministic(tmp_path: Path) -> None:
+    _write_raw_aqua(tmp_path / "raw")
+    first, second = tmp_path / "a" / "aqua.jsonl.gz", tmp_path / "b" / "aqua.jsonl.gz"
+    first.parent.mkdir()
+    second.parent.mkdir()
+    with Sandbox(workers=1, cpu_seconds=2, wall_seconds=10.0, runtime="sympy") as box:
+        report = convert_aqua(tmp_path / "raw", first, box)
+        convert_aqua(tmp_path / "raw", second, box)
+    assert first.read_bytes() == second.read_bytes()
+    assert (report.questions, report.programs, report.null_answers) == (2, 8, 3)
+    assert (report.recorded_letters, report.agrees_with_recorded) == (1, 1)
+    assert (report.recorded_values, report.recorded_value_maps_to_recorded_letter) == (1, 1)
+    assert report.majority_accuracy == 1.0
+
+    q1, q2 = read_samples(first)
+    assert (q1.id, q1.gold, q2.id, q2.gold) == ("aqua-001", "B", "aqua-002", "C")
+    assert q1.question.endswith("speed?\nA)50 km/h\nB)60 km/h\nC)70 km/h\nD)80 km/h\nE)None")
+    assert [s.answer for s in q1.samples] == ["B", "B", "D", None, None]
+    assert [s.answer for s in q2.samples] == ["C", "C", None]
+    assert q1.samples[0].text == "ans = 120 / 2\nans is 60, nearest to option B. The answer is B."
+    assert all(extract_answer(s.text) == s.answer for q in (q1, q2) for s in q.samples)
+
+
+def test_aqua_conversion_needs_sympy_runtime(sandbox: Sandbox, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="runtime 'sympy'"):
+        convert_aqua(tmp_path, tmp_path / "aqua.jsonl.gz", sandbox)
