@@ -40,6 +40,7 @@ from online.controller import DualController
 from online.datasets import load_dataset
 from online.features import question_features
 from online.price_view import PriceView
+from online.sequential import SequentialPolicy
 
 STAGES = ("features", "price", "decide", "reserve")
 REPORT_BATCH = 16
@@ -61,7 +62,8 @@ def run_once(
     questions: list[str], warm: WarmStart, args: argparse.Namespace, seed: int
 ) -> dict[str, np.ndarray]:
     """Time ``args.warmup + args.requests`` decisions; return the timed ones per stage in ns."""
-    policy = warm.entry(args.policy).policy
+    entry = warm.entry(args.policy)
+    policy = entry.policy
     actions = warm.actions
     controller = make_controller(warm, args.policy, args.budget)
     view = PriceView(controller.settings())
@@ -80,10 +82,18 @@ def run_once(
         t1 = clock()
         lambda_ = view.price()
         t2 = clock()
-        index = policy.decide_one(features, lambda_)
-        t3 = clock()
-        action = actions[index]
-        ticket = view.reserve(float(action.samples))
+        if isinstance(policy, SequentialPolicy):
+            # The first round's size; the reservation is the policy's mean cost at the price.
+            policy.first_rung(features, lambda_)
+            t3 = clock()
+            reserved = entry.cost_curve.cost_at(lambda_)
+            name = "sequential"
+        else:
+            index = policy.decide_one(features, lambda_)
+            t3 = clock()
+            reserved = float(actions[index].samples)
+            name = actions[index].name
+        ticket = view.reserve(reserved)
         t4 = clock()
         c4 = cpu_clock()
         times["features"][i] = t1 - t0
@@ -94,7 +104,7 @@ def run_once(
         times["total_cpu"][i] = c4 - c0
 
         # Untimed bookkeeping that keeps the view as it is under load.
-        outstanding.append((ticket, float(action.samples), action.name))
+        outstanding.append((ticket, reserved, name))
         if len(outstanding) > args.in_flight:
             done, cost, name = outstanding.popleft()
             view.complete(done, cost, name)
@@ -118,7 +128,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1_000, help="untimed decisions per run")
     parser.add_argument("--repeats", type=int, default=5, help="runs; medians are over runs")
     parser.add_argument("--in-flight", type=int, default=64, help="reservations kept open")
-    parser.add_argument("--policy", choices=("value", "imitation"), default="value")
+    parser.add_argument(
+        "--policy",
+        choices=("value", "imitation", "sequential"),
+        default="value",
+        help="for sequential, 'decide' is the first round's size",
+    )
     parser.add_argument("--budget", type=float, default=4.0, help="mean-cost budget")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write the results to this JSON file")
