@@ -47,7 +47,7 @@ def ray_serve(num_cpus: int = 2) -> Iterator[int]:
     from ray import serve
 
     http_port = free_port()
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
         yield http_port

@@ -112,7 +112,8 @@ class DualControllerDeployment:
         self._restore()
         self._saver: asyncio.Task[None] | None = None
         if self._settings.state_path:
-            self._saver = asyncio.get_running_loop().create_task(self._save_loop())
+            if self._settings.snapshot_interval_s > 0:
+                self._saver = asyncio.get_running_loop().create_task(self._save_loop())
         else:
             logger.warning("controller state_path not set: lambda and totals are lost on restart")
         logger.info(
@@ -179,6 +180,12 @@ class DualControllerDeployment:
         """
         self._controller.report(finished, source)
         self._dirty = self._dirty or bool(finished)
+        if self._dirty and self._settings.snapshot_interval_s == 0:
+            # Written before the reply, so a replica killed after replying has lost nothing.
+            try:
+                self._save()
+            except OSError:
+                logger.exception("controller snapshot to %s failed", self._settings.state_path)
         return self._controller.settings()
 
     async def settings(self) -> dict[str, Any]:

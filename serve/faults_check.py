@@ -210,7 +210,13 @@ def _run_all(args: argparse.Namespace) -> list[FaultCheck]:
 
     questions = mixed_questions(args.questions)
     http_port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     checks = []
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})

@@ -45,7 +45,11 @@ class ControllerSettings(BaseModel):
     state_path: str | None = Field(
         None, description="msgpack snapshot file; restored at start, written on change"
     )
-    snapshot_interval_s: float = Field(1.0, gt=0, description="minimum seconds between snapshots")
+    snapshot_interval_s: float = Field(
+        1.0,
+        ge=0,
+        description="minimum seconds between snapshots; 0 writes one with every cost report",
+    )
     artifact: str | None = Field(None, description="warm-start artifact; None uses the bundled one")
     policy: Literal["value", "imitation", "sequential"] = Field(
         "value",

@@ -34,7 +34,7 @@ def app_settings(state_path: Path) -> Any:
             "controller": {
                 "budget": 4.0,
                 "state_path": str(state_path),
-                "snapshot_interval_s": 0.2,
+                "snapshot_interval_s": 0,
             },
         }
     )
@@ -49,7 +49,13 @@ def service_url(app_settings: Any) -> Iterator[str]:
     from serve.app import compose_app
 
     http_port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
         serve.run(compose_app(app_settings), name="ttc", route_prefix="/")

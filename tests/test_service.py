@@ -260,7 +260,7 @@ async def test_controller_restart_resumes_state(service_url: str, state_path: Pa
     questions = load_dataset("svamp")[800:900]
     summary = await stream_questions(questions, service_url, concurrency=4, progress=False)
     assert not summary.errors
-    await asyncio.sleep(1.0)  # longer than the snapshot interval of the fixture
+    await asyncio.sleep(1.0)  # the fixture snapshots with every report, every 50 ms
     _, before = await request("GET", f"{service_url}/v1/stats")
     assert state_path.exists()
 
@@ -288,6 +288,47 @@ async def test_controller_restart_resumes_state(service_url: str, state_path: Pa
     assert after["budget"] == before["budget"]
     status, body = await request("POST", f"{service_url}/v1/solve", {"question": QUESTION.question})
     assert status == 200, body
+
+
+def kill_controller() -> None:
+    import ray
+
+    names = [
+        actor["name"]
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if "DualController" in actor["name"]
+    ]
+    assert len(names) == 1, names
+    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+
+
+async def test_controller_killed_mid_stream_loses_nothing(service_url: str) -> None:
+    before = await settled_stats(service_url)
+    questions = load_dataset("svamp")[:600]
+    stream = asyncio.create_task(
+        stream_questions(questions, service_url, concurrency=8, progress=False)
+    )
+    await asyncio.sleep(2.0)
+    assert not stream.done()
+    kill_controller()
+    summary = await stream
+    assert not summary.errors
+    assert len(summary.costs) == 600
+
+    # The gateway keeps its unreported costs until a restarted controller takes them.
+    after = None
+    for _ in range(120):
+        await asyncio.sleep(0.5)
+        try:
+            status, after = await request("GET", f"{service_url}/v1/stats")
+        except aiohttp.ClientError:
+            continue
+        if status == 200 and after["requests"] >= before["requests"] + 600:
+            break
+    assert after is not None
+    assert after["requests"] == before["requests"] + 600
+    assert after["total_cost"] == pytest.approx(before["total_cost"] + sum(summary.costs))
+    assert sum(summary.costs) / 600 == pytest.approx(after["budget"], rel=0.05)
 
 
 async def test_user_config_retargets_without_restart(service_url: str, app_settings) -> None:
