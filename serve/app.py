@@ -182,6 +182,8 @@ class DualControllerDeployment:
         self._dirty = self._dirty or bool(finished)
         if self._dirty and self._settings.snapshot_interval_s == 0:
             # Written before the reply, so a replica killed after replying has lost nothing.
+            # NOTE: one killed between this write and its reply gets the report sent again by
+            # the gateway, and counts those requests twice.
             try:
                 self._save()
             except OSError:
