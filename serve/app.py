@@ -50,6 +50,7 @@ from serve.api import (
     json_body_schema,
     parse_body,
 )
+from serve.metrics import GatewayMetrics
 from serve.openai_api import chat_completion, model_list
 from serve.replay import ReplayBackend
 from serve.sampler import BackendError, PoolOverloaded, SampleResult, SamplerPool
@@ -313,7 +314,9 @@ class Gateway:
             )
         self._source = uuid.uuid4().hex[:12]
         self._started = int(time.time())
+        self._metrics = GatewayMetrics()
         self._price = PriceView(await controller.settings.remote())
+        self._metrics.set_price(self._price.budget, self._price.price())
         self._flush_now = asyncio.Event()
         self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
 
@@ -335,6 +338,7 @@ class Gateway:
             self._price.restore_report(report)
             raise
         self._price.publish(state)
+        self._metrics.set_price(self._price.budget, self._price.price())
 
     async def _report_loop(self) -> None:
         """Report at least every ``report_interval_s``, sooner when a batch is full."""
@@ -355,7 +359,8 @@ class Gateway:
     async def solve(self, request: Request) -> JSONResponse:
         body = await parse_body(request, SolveRequest)
         request_id = body.id or uuid.uuid4().hex
-        return JSONResponse(await self._solve(body.question, request_id, body.metadata))
+        solved = await self._solve("solve", body.question, request_id, body.metadata)
+        return JSONResponse(solved)
 
     @api.post("/v1/chat/completions", openapi_extra=json_body_schema(ChatCompletionRequest))
     async def chat_completions(self, request: Request) -> JSONResponse:
@@ -363,7 +368,7 @@ class Gateway:
         question = body.question()
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
-        solved = await self._solve(question, request_id, body.metadata)
+        solved = await self._solve("chat", question, request_id, body.metadata)
         return JSONResponse(chat_completion(solved, created))
 
     @api.get("/v1/models")
@@ -371,12 +376,28 @@ class Gateway:
         return JSONResponse(model_list(self._started))
 
     async def _solve(
-        self, question: str, request_id: str, metadata: dict[str, Any] | None
+        self, route: str, question: str, request_id: str, metadata: dict[str, Any] | None
     ) -> dict[str, Any]:
-        """Decide the action at the price, reserve its cost, sample, vote and record the cost.
+        """Solve one question and record the metrics of ``route`` (``solve`` or ``chat``).
 
         Returns the body of a ``/v1/solve`` reply; raises `ApiError` when the backend fails.
         """
+        started = time.perf_counter()
+        try:
+            solved = await self._decide_and_sample(question, request_id, metadata)
+        except ApiError as exc:
+            latency_ms = (time.perf_counter() - started) * 1000
+            self._metrics.record_backend_error(route, exc.kind, latency_ms)
+            raise
+        latency_ms = (time.perf_counter() - started) * 1000
+        self._metrics.record_request(route, solved["action"]["name"], solved["cost"], latency_ms)
+        self._metrics.set_price(self._price.budget, self._price.price())
+        return solved
+
+    async def _decide_and_sample(
+        self, question: str, request_id: str, metadata: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """Decide the action at the price, reserve its cost, sample, vote and record the cost."""
         features = question_features(question, metadata)
         decided_at = self._price.price()
         seed = zlib.crc32(request_id.encode()) if self._settings.seed_from_id else None
@@ -541,6 +562,7 @@ class Gateway:
         if "error" in state:
             raise ApiError(422, "invalid_request", f"field 'budget': {state['error']}")
         self._price.publish(await self._controller.settings.remote())
+        self._metrics.set_price(self._price.budget, self._price.price())
         return JSONResponse(state)
 
     @api.get("/v1/stats")
