@@ -14,9 +14,9 @@ def chat_completion(solved: dict[str, Any], created: int) -> dict[str, Any]:
     """Return an OpenAI ``chat.completion`` object for one solved question.
 
     The message is the text of a sample whose answer won the vote, or an empty string when no
-    sample had an answer that could be extracted. ``usage`` sums the tokens of every sample
-    drawn. ``allocation`` is the service's own field, with what ``/v1/solve`` reports besides
-    the text. ``created`` is in Unix seconds.
+    sample had an answer that could be extracted. ``usage`` adds up the token counts that the LLM
+    server reported for the request's calls (one per round). ``allocation`` is the service's own
+    field, with what ``/v1/solve`` reports besides the text. ``created`` is in Unix seconds.
 
     >>> solved = {"id": "chatcmpl-1", "answer": "51", "text": "... 51", "cost": 3.0,
     ...           "action": {"name": "vote@3", "samples": 3}, "samples_used": 3,
