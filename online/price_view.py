@@ -59,6 +59,11 @@ class PriceView:
         self._published = float(state["lambda"])
         self._replicas = int(state.get("replicas", 1))
 
+    @property
+    def budget(self) -> float:
+        """Budget of the controller's last published state."""
+        return self._reference.budget
+
     def price(self) -> float:
         """Return the controller's price moved by this replica's unreported requests."""
         budget = self._reference.budget

@@ -20,6 +20,8 @@ __all__ = [
     "MAX_BODY_BYTES",
     "ApiError",
     "BudgetRequest",
+    "ChatCompletionRequest",
+    "ChatMessage",
     "FeedbackRequest",
     "SolveRequest",
     "check_admin_token",
@@ -31,6 +33,9 @@ __all__ = [
 
 MAX_BODY_BYTES = 64 * 1024
 """Largest request body accepted; larger bodies get 413."""
+
+MAX_QUESTION_CHARS = 32_000
+"""Maximum length of a question, in characters."""
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -72,7 +77,9 @@ class SolveRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    question: str = Field(..., min_length=1, max_length=32_000, description="the question text")
+    question: str = Field(
+        ..., min_length=1, max_length=MAX_QUESTION_CHARS, description="the question text"
+    )
     id: str | None = Field(
         None,
         min_length=1,
@@ -108,6 +115,107 @@ class BudgetRequest(BaseModel):
     budget: float = Field(
         ..., gt=0, allow_inf_nan=False, strict=True, description="mean cost per request"
     )
+
+
+class ChatMessage(BaseModel):
+    """One message of a chat completion request; only the text of ``content`` is read."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: str = Field(..., min_length=1, description="system, user, assistant, tool or developer")
+    content: str | list[dict[str, Any]] | None = Field(
+        None, description="the text, or a list of content parts of which only text parts count"
+    )
+
+    def text(self) -> str:
+        """Return ``content`` as one string, joining the text parts of a list with newlines."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        parts = [part.get("text") for part in self.content if part.get("type") == "text"]
+        return "\n".join(part for part in parts if isinstance(part, str))
+
+
+class ChatCompletionRequest(BaseModel):
+    """``POST /v1/chat/completions``: the OpenAI request body, with ``model`` "auto".
+
+    Sampling fields such as ``temperature`` or ``max_tokens`` are accepted and ignored, because
+    the service sets them for the LLM server itself.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(..., description="must be 'auto': the service chooses the samples to vote")
+    messages: list[ChatMessage] = Field(
+        ..., min_length=1, description="the conversation; the last user message is the question"
+    )
+    stream: bool | None = Field(None, description="streaming is not supported; false or absent")
+    n: int | None = Field(None, description="choices to return; only 1 is supported")
+    metadata: dict[str, Any] | None = Field(
+        None,
+        description="optional hints, such as a MATH 'level' from 1 to 5, as a number or a "
+        "string of digits (the OpenAI client sends metadata values as strings)",
+    )
+
+    @field_validator("metadata")
+    @classmethod
+    def _level_as_number(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        level = (value or {}).get("level")
+        if isinstance(level, str) and level.strip().isdigit():
+            return {**(value or {}), "level": int(level)}
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _auto_only(cls, value: str) -> str:
+        if value != "auto":
+            raise ValueError("unknown model, the only model is 'auto'")
+        return value
+
+    @field_validator("stream")
+    @classmethod
+    def _no_stream(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError("streaming is not supported; send false or leave it out")
+        return value
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, value: int | None) -> int | None:
+        if value is not None and value != 1:
+            raise ValueError("only 1 choice is supported; the service votes the samples itself")
+        return value
+
+    def question(self) -> str:
+        """Return the text of the last user message.
+
+        Raises `ApiError` 422 when there is no user message, or its text is blank or longer than
+        `MAX_QUESTION_CHARS`.
+        """
+        for message in reversed(self.messages):
+            if message.role == "user":
+                text = message.text()
+                if not text.strip():
+                    raise ApiError(
+                        422,
+                        "invalid_request",
+                        "field 'messages': the last user message has no text",
+                    )
+                if len(text) > MAX_QUESTION_CHARS:
+                    raise ApiError(
+                        422,
+                        "invalid_request",
+                        f"field 'messages': the last user message has {len(text)} characters, "
+                        f"more than {MAX_QUESTION_CHARS}",
+                    )
+                return text
+        roles = [message.role for message in self.messages]
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"field 'messages': no message with role 'user', got roles {roles}",
+        )
 
 
 def _describe(error: Mapping[str, Any]) -> str:

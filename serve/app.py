@@ -16,6 +16,7 @@ import contextlib
 import logging
 import math
 import os
+import time
 import uuid
 import zlib
 from collections import OrderedDict
@@ -41,6 +42,7 @@ from online.sequential import STOP, SequentialPolicy
 from serve.api import (
     ApiError,
     BudgetRequest,
+    ChatCompletionRequest,
     FeedbackRequest,
     SolveRequest,
     check_admin_token,
@@ -48,6 +50,8 @@ from serve.api import (
     json_body_schema,
     parse_body,
 )
+from serve.metrics import GatewayMetrics
+from serve.openai_api import chat_completion, model_list
 from serve.replay import ReplayBackend
 from serve.sampler import BackendError, PoolOverloaded, SampleResult, SamplerPool
 from serve.settings import AppSettings, ControllerSettings, ReplaySettings
@@ -320,7 +324,10 @@ class Gateway:
                 self._settings.admin_token_env,
             )
         self._source = uuid.uuid4().hex[:12]
+        self._started = int(time.time())
+        self._metrics = GatewayMetrics()
         self._price = PriceView(await controller.settings.remote())
+        self._metrics.set_price(self._price.budget, self._price.price())
         self._flush_now = asyncio.Event()
         self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
 
@@ -342,6 +349,7 @@ class Gateway:
             self._price.restore_report(report)
             raise
         self._price.publish(state)
+        self._metrics.set_price(self._price.budget, self._price.price())
 
     async def _report_loop(self) -> None:
         """Report at least every ``report_interval_s``, sooner when a batch is full."""
@@ -362,19 +370,56 @@ class Gateway:
     async def solve(self, request: Request) -> JSONResponse:
         body = await parse_body(request, SolveRequest)
         request_id = body.id or uuid.uuid4().hex
-        features = question_features(body.question, body.metadata)
+        solved = await self._solve("solve", body.question, request_id, body.metadata)
+        return JSONResponse(solved)
+
+    @api.post("/v1/chat/completions", openapi_extra=json_body_schema(ChatCompletionRequest))
+    async def chat_completions(self, request: Request) -> JSONResponse:
+        body = await parse_body(request, ChatCompletionRequest)
+        question = body.question()
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        solved = await self._solve("chat", question, request_id, body.metadata)
+        return JSONResponse(chat_completion(solved, created))
+
+    @api.get("/v1/models")
+    async def models(self) -> JSONResponse:
+        return JSONResponse(model_list(self._started))
+
+    async def _solve(
+        self, route: str, question: str, request_id: str, metadata: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """Solve one question and record the metrics of ``route`` (``solve`` or ``chat``).
+
+        Returns the body of a ``/v1/solve`` reply; raises `ApiError` when the backend fails.
+        """
+        started = time.perf_counter()
+        try:
+            solved = await self._decide_and_sample(question, request_id, metadata)
+        except ApiError as exc:
+            latency_ms = (time.perf_counter() - started) * 1000
+            self._metrics.record_backend_error(route, exc.kind, latency_ms)
+            raise
+        latency_ms = (time.perf_counter() - started) * 1000
+        self._metrics.record_request(route, solved["action"]["name"], solved["cost"], latency_ms)
+        self._metrics.set_price(self._price.budget, self._price.price())
+        return solved
+
+    async def _decide_and_sample(
+        self, question: str, request_id: str, metadata: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """Decide the action at the price, reserve its cost, sample, vote and record the cost."""
+        features = question_features(question, metadata)
         decided_at = self._price.price()
         seed = zlib.crc32(request_id.encode()) if self._settings.seed_from_id else None
         if isinstance(self._policy, SequentialPolicy):
-            return await self._solve_in_rounds(
-                body.question, request_id, features, decided_at, seed
-            )
+            return await self._solve_in_rounds(question, request_id, features, decided_at, seed)
         index = self._policy.decide_one(features, decided_at)
         action = self._actions[index]
 
         ticket = self._price.reserve(float(action.samples))
         try:
-            result = await self._pool.sample(body.question, action.samples, seed=seed)
+            result = await self._pool.sample(question, action.samples, seed=seed)
         except BackendError as exc:
             # The backend's message may echo the question, so it is logged at DEBUG only.
             logger.warning("request %s failed at the backend, status %s", request_id, exc.status)
@@ -395,23 +440,21 @@ class Gateway:
         logger.debug(
             "request %s: %s, cost %s, answer %s", request_id, action.name, cost, result.answer
         )
-        return JSONResponse(
-            {
-                "id": request_id,
-                "answer": result.answer,
-                "action": {"name": action.name, "samples": action.samples},
-                "samples_used": result.samples_used,
-                "cost": cost,
-                "lambda": decided_at,
-                "votes": result.votes,
-                "text": result.text,
-                "rounds": 1,
-                "usage": {
-                    "prompt_tokens": result.prompt_tokens,
-                    "completion_tokens": result.completion_tokens,
-                },
-            }
-        )
+        return {
+            "id": request_id,
+            "answer": result.answer,
+            "action": {"name": action.name, "samples": action.samples},
+            "samples_used": result.samples_used,
+            "cost": cost,
+            "lambda": decided_at,
+            "votes": result.votes,
+            "text": result.text,
+            "rounds": 1,
+            "usage": {
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+            },
+        }
 
     async def _solve_in_rounds(
         self,
@@ -420,7 +463,7 @@ class Gateway:
         features: dict[str, float],
         decided_at: float,
         seed: int | None,
-    ) -> JSONResponse:
+    ) -> dict[str, Any]:
         """Draw up to the sequential policy's rungs, one backend call per round, then vote.
 
         Every round is decided at the price the request started with. The cost is every sample
@@ -474,23 +517,21 @@ class Gateway:
         if self._price.unreported >= self._settings.report_batch:
             self._flush_now.set()
         self._remember(request_id, _Remembered(features, voted.answer, keys, decided_at))
-        return JSONResponse(
-            {
-                "id": request_id,
-                "answer": voted.answer,
-                "action": {"name": name, "samples": drawn},
-                "samples_used": drawn,
-                "cost": cost,
-                "lambda": decided_at,
-                "votes": voted.counts,
-                "text": texts[voted.index] if voted.index is not None else None,
-                "rounds": len(rounds),
-                "usage": {
-                    "prompt_tokens": sum(r.prompt_tokens for r in rounds),
-                    "completion_tokens": sum(r.completion_tokens for r in rounds),
-                },
-            }
-        )
+        return {
+            "id": request_id,
+            "answer": voted.answer,
+            "action": {"name": name, "samples": drawn},
+            "samples_used": drawn,
+            "cost": cost,
+            "lambda": decided_at,
+            "votes": voted.counts,
+            "text": texts[voted.index] if voted.index is not None else None,
+            "rounds": len(rounds),
+            "usage": {
+                "prompt_tokens": sum(r.prompt_tokens for r in rounds),
+                "completion_tokens": sum(r.completion_tokens for r in rounds),
+            },
+        }
 
     def _remember(self, request_id: str, entry: _Remembered) -> None:
         if self._settings.feedback_memory == 0:
@@ -532,6 +573,7 @@ class Gateway:
         if "error" in state:
             raise ApiError(422, "invalid_request", f"field 'budget': {state['error']}")
         self._price.publish(await self._controller.settings.remote())
+        self._metrics.set_price(self._price.budget, self._price.price())
         return JSONResponse(state)
 
     @api.get("/v1/stats")

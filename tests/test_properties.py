@@ -20,9 +20,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from serve.api import ApiError, BudgetRequest, FeedbackRequest, SolveRequest, decode_body
+from serve.api import (
+    ApiError,
+    BudgetRequest,
+    ChatCompletionRequest,
+    FeedbackRequest,
+    SolveRequest,
+    decode_body,
+)
 
-MODELS: list[type[BaseModel]] = [SolveRequest, FeedbackRequest, BudgetRequest]
+MODELS: list[type[BaseModel]] = [
+    SolveRequest,
+    FeedbackRequest,
+    BudgetRequest,
+    ChatCompletionRequest,
+]
 
 json_values = st.recursive(
     st.none()
@@ -99,6 +111,7 @@ ENDPOINTS = [
     ("POST", "/v1/solve", SolveRequest),
     ("POST", "/v1/feedback", FeedbackRequest),
     ("PUT", "/v1/budget", BudgetRequest),
+    ("POST", "/v1/chat/completions", ChatCompletionRequest),
 ]
 
 

@@ -105,6 +105,15 @@ async def test_sequential_policy_holds_budget(sequential_url: str) -> None:
     assert stats["budget"] == 3.0
     assert stats["requests"] >= 601
 
+    chat = {"model": "auto", "messages": [{"role": "user", "content": QUESTION.question}]}
+    status, body = await request("POST", f"{sequential_url}/v1/chat/completions", chat)
+    assert status == 200, body
+    allocation = body["allocation"]
+    assert allocation["rounds"] >= 1
+    assert allocation["samples_used"] == allocation["action"]["samples"] == allocation["cost"]
+    assert allocation["answer"] == QUESTION.gold
+    assert body["choices"][0]["message"]["content"]
+
 
 async def test_stream_holds_budget_then_retarget(service_url: str) -> None:
     questions = load_dataset("svamp")
