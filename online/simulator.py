@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from online.answers import answers_match, canonical_key, vote
+from online.answers import answers_match, vote
 from online.artifact import WarmStart
 from online.controller import DualController, UpdateRule
 from online.cost_curve import CostCurve
@@ -23,7 +23,7 @@ from online.learner import Learner
 from online.policy import ValuePolicy
 from online.price_view import PriceView
 from online.samples import Question
-from online.sequential import STOP, SequentialPolicy
+from online.sequential import STOP, SequentialPolicy, question_outcomes
 from online.tables import Table, build_table
 from online.trace import (
     Trace,
@@ -183,20 +183,9 @@ def _record(question: Question, row: int) -> _Recorded:
     A key is correct by the rule of the accuracy tables: most of its samples are correct, and
     a sample's recorded ``correct`` flag wins over comparing its answer with the gold answer.
     """
-    keys = tuple(canonical_key(s.answer) for s in question.samples)
-    right: dict[str, int] = {}
-    total: dict[str, int] = {}
-    for sample, key in zip(question.samples, keys, strict=True):
-        if key is None:
-            continue
-        flag = sample.correct
-        if flag is None:
-            flag = answers_match(sample.answer, question.gold)
-        total[key] = total.get(key, 0) + 1
-        right[key] = right.get(key, 0) + int(flag)
-    key_correct = {key: 2 * right[key] > total[key] for key in total}
+    outcomes = question_outcomes(question)
     features = question_features(question.question, question.meta)
-    return _Recorded(question, row, features, keys, key_correct)
+    return _Recorded(question, row, features, outcomes.keys, dict(outcomes.key_correct))
 
 
 @dataclass

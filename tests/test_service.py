@@ -263,15 +263,8 @@ def test_locust_smoke(service_url: str, tmp_path) -> None:
     assert failures == 0
 
 
-async def test_controller_restart_resumes_state(service_url: str, state_path: Path) -> None:
+def kill_controller() -> None:
     import ray
-
-    questions = load_dataset("svamp")[800:900]
-    summary = await stream_questions(questions, service_url, concurrency=4, progress=False)
-    assert not summary.errors
-    await asyncio.sleep(1.0)  # the fixture snapshots with every report, every 50 ms
-    _, before = await request("GET", f"{service_url}/v1/stats")
-    assert state_path.exists()
 
     names = [
         actor["name"]
@@ -280,6 +273,17 @@ async def test_controller_restart_resumes_state(service_url: str, state_path: Pa
     ]
     assert len(names) == 1, names
     ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+
+
+async def test_controller_restart_resumes_state(service_url: str, state_path: Path) -> None:
+    questions = load_dataset("svamp")[800:900]
+    summary = await stream_questions(questions, service_url, concurrency=4, progress=False)
+    assert not summary.errors
+    await asyncio.sleep(1.0)  # the fixture snapshots with every report, every 50 ms
+    _, before = await request("GET", f"{service_url}/v1/stats")
+    assert state_path.exists()
+
+    kill_controller()
 
     after = None
     for _ in range(120):
@@ -297,18 +301,6 @@ async def test_controller_restart_resumes_state(service_url: str, state_path: Pa
     assert after["budget"] == before["budget"]
     status, body = await request("POST", f"{service_url}/v1/solve", {"question": QUESTION.question})
     assert status == 200, body
-
-
-def kill_controller() -> None:
-    import ray
-
-    names = [
-        actor["name"]
-        for actor in ray.util.list_named_actors(all_namespaces=True)
-        if "DualController" in actor["name"]
-    ]
-    assert len(names) == 1, names
-    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
 
 
 async def test_controller_killed_mid_stream_loses_nothing(service_url: str) -> None:
