@@ -121,6 +121,8 @@ class DualController:
         self._in_flight: dict[int, float] = {}
         self._tickets = itertools.count()
         self._sources: dict[str, float] = {}
+        # Last report batch applied from each source, so that a resent copy is dropped.
+        self._batches: dict[str, int] = {}
 
     @staticmethod
     def _validate_step(step_size: Any) -> float:
@@ -149,18 +151,29 @@ class DualController:
         self.lambda_ = self.price_after(self.lambda_, delta_cost)
 
     def report(
-        self, finished: list[tuple[float, str]], source: str = "local", now_s: float | None = None
-    ) -> None:
+        self,
+        finished: list[tuple[float, str]],
+        source: str = "local",
+        now_s: float | None = None,
+        batch: int | None = None,
+    ) -> bool:
         """Record requests that allocator ``source`` decided on its own view of the price.
 
         Each ``(cost, action)`` steps the price by ``cost - budget``, as `complete` does for a
         request that reserved nothing here. ``now_s`` (monotonic seconds) dates the report for
-        `active_sources`.
+        `active_sources`. ``batch`` numbers a source's reports from 1 up: a batch no later than
+        the last one applied from that source is a copy sent again, and is dropped. Returns
+        whether the report was applied.
         """
         self._sources[source] = time.monotonic() if now_s is None else now_s
+        if batch is not None:
+            if batch <= self._batches.get(source, 0):
+                return False
+            self._batches[source] = batch
         for cost, action in finished:
             self._step(float(cost) - self.budget)
             self._count(float(cost), action)
+        return True
 
     def active_sources(self, now_s: float | None = None) -> int:
         """Return how many allocators reported within `SOURCE_TTL_S`, at least 1."""
@@ -283,6 +296,7 @@ class DualController:
                 "cost_since_budget": self.cost_since_budget_,
                 "window": list(self.window_),
                 "actions": self.actions_,
+                "batches": self._batches,
                 "extra": extra or {},
             }
         )
@@ -306,6 +320,7 @@ class DualController:
         self.window_.clear()
         self.window_.extend(float(c) for c in state["window"])
         self.actions_ = {str(k): int(v) for k, v in state["actions"].items()}
+        self._batches = {str(k): int(v) for k, v in state.get("batches", {}).items()}
         extra: dict[str, Any] = state.get("extra", {})
         return extra
 

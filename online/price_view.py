@@ -49,6 +49,8 @@ class PriceView:
         self._in_flight: dict[int, float] = {}
         self._unreported: list[tuple[float, str]] = []
         self._tickets = itertools.count()
+        self._batches = itertools.count(1)
+        self._sending: tuple[int, list[tuple[float, str]]] | None = None
 
     def publish(self, state: dict[str, Any]) -> None:
         """Adopt the controller's state after a report (or a retarget)."""
@@ -69,6 +71,8 @@ class PriceView:
         budget = self._reference.budget
         overspend = sum(e - budget for e in self._in_flight.values())
         overspend += sum(c - budget for c, _ in self._unreported)
+        if self._sending is not None:
+            overspend += sum(c - budget for c, _ in self._sending[1])
         return self._reference.price_after(self._published, self._replicas * overspend)
 
     def reserve(self, expected_cost: float) -> int:
@@ -88,9 +92,30 @@ class PriceView:
     def unreported(self) -> int:
         return len(self._unreported)
 
-    def restore_report(self, report: list[tuple[float, str]]) -> None:
-        """Put back a report that could not be delivered, ahead of newer requests."""
-        self._unreported = list(report) + self._unreported
+    def next_batch(self) -> tuple[int, list[tuple[float, str]]]:
+        """Return the numbered batch of finished requests to send to the controller.
+
+        The same batch comes back until `acknowledge` confirms it, so a report whose delivery
+        failed is sent again unchanged, and the controller can drop a copy it already applied.
+        Until then its costs still move this view's price.
+
+        >>> view = PriceView({"lambda": 0.1, "budget": 2.0, "step_size": 0.5, "price_scale": 0.1,
+        ...                   "rule": "additive"})
+        >>> view.complete(view.reserve(3.0), 3.0, "vote@3")
+        >>> view.next_batch(), view.next_batch()
+        ((1, [(3.0, 'vote@3')]), (1, [(3.0, 'vote@3')]))
+        >>> view.acknowledge(1)
+        >>> view.next_batch()
+        (2, [])
+        """
+        if self._sending is None:
+            self._sending = (next(self._batches), self.take_report())
+        return self._sending
+
+    def acknowledge(self, batch: int) -> None:
+        """Forget batch ``batch``: the controller has applied it."""
+        if self._sending is not None and self._sending[0] == batch:
+            self._sending = None
 
     def take_report(self) -> list[tuple[float, str]]:
         """Return and clear the finished requests to send to the controller."""

@@ -177,17 +177,19 @@ class DualControllerDeployment:
             self._config_budget = float(budget)
             self._save()
 
-    async def report(self, finished: list[tuple[float, str]], source: str) -> dict[str, Any]:
+    async def report(
+        self, finished: list[tuple[float, str]], source: str, batch: int | None = None
+    ) -> dict[str, Any]:
         """Record an allocator's finished requests; return the state it should adopt.
 
-        An empty report still marks ``source`` as an active allocator.
+        An empty report still marks ``source`` as an active allocator. ``batch`` numbers the
+        source's reports, so that a copy sent again after a failed reply is dropped.
         """
-        self._controller.report(finished, source)
-        self._dirty = self._dirty or bool(finished)
+        applied = self._controller.report(finished, source, batch=batch)
+        self._dirty = self._dirty or (applied and bool(finished))
         if self._dirty and self._settings.snapshot_interval_s == 0:
-            # Written before the reply, so a replica killed after replying has lost nothing.
-            # NOTE: one killed between this write and its reply gets the report sent again by
-            # the gateway, and counts those requests twice.
+            # Written before the reply: a replica killed after this write has the report, and
+            # drops the copy that the gateway sends again because it got no reply.
             try:
                 self._save()
             except OSError:
@@ -341,13 +343,11 @@ class Gateway:
 
     async def _flush(self) -> None:
         """Send the finished requests to the controller and adopt its price and budget."""
-        report = self._price.take_report()
-        try:
-            state = await self._controller.report.remote(report, self._source)
-        except Exception:
-            # The controller may be restarting; keep the requests for the next report.
-            self._price.restore_report(report)
-            raise
+        # A batch that fails (the controller may be restarting) is sent again unchanged, and the
+        # controller drops a copy it has already applied.
+        batch, report = self._price.next_batch()
+        state = await self._controller.report.remote(report, self._source, batch)
+        self._price.acknowledge(batch)
         self._price.publish(state)
         self._metrics.set_price(self._price.budget, self._price.price())
 

@@ -10,6 +10,7 @@ import pytest
 from online.controller import DualController, validate_budget
 from online.cost_curve import CostCurve
 from online.lagrangian import lagrangian_argmax
+from online.price_view import PriceView
 from online.solve import solve
 
 
@@ -223,3 +224,41 @@ def test_four_replicas_follow_retarget() -> None:
     controller.set_budget(2.0)
     costs = run_replicas(controller, accuracy, cost, 1000, rng)
     assert np.mean(costs[-500:]) == pytest.approx(2.0, rel=0.02)
+
+
+def test_resent_report_batch_is_dropped() -> None:
+    controller = DualController(budget=2.0, step_size=0.5, price_scale=0.1)
+    assert controller.report([(3.0, "vote@3")], "gateway-a", batch=1)
+    price = controller.lambda_
+    assert not controller.report([(3.0, "vote@3")], "gateway-a", batch=1)
+    assert controller.requests_ == 1
+    assert controller.lambda_ == price
+    # Batches are numbered per source.
+    assert controller.report([(1.0, "vote@1")], "gateway-b", batch=1)
+    assert controller.requests_ == 2
+
+
+def test_snapshot_keeps_applied_batches() -> None:
+    controller = DualController(budget=2.0, step_size=0.5, price_scale=0.1)
+    controller.report([(3.0, "vote@3")], "gateway-a", batch=4)
+    restored = DualController(budget=2.0, step_size=0.5, price_scale=0.1)
+    restored.restore(controller.snapshot())
+    assert not restored.report([(3.0, "vote@3")], "gateway-a", batch=4)
+    assert restored.report([(3.0, "vote@3")], "gateway-a", batch=5)
+    assert restored.requests_ == 2
+
+
+def test_price_view_resends_a_batch_until_acknowledged() -> None:
+    view = PriceView({"lambda": 0.1, "budget": 2.0, "step_size": 0.5, "price_scale": 0.1,
+                      "rule": "additive"})  # fmt: skip
+    view.complete(view.reserve(4.0), 4.0, "vote@5")
+    priced = view.price()
+    first = view.next_batch()
+    view.complete(view.reserve(2.0), 2.0, "vote@3")
+    # The unacknowledged batch still moves the price, and comes back unchanged.
+    assert view.price() == priced
+    assert view.next_batch() == first
+    view.acknowledge(first[0])
+    batch, report = view.next_batch()
+    assert batch == first[0] + 1
+    assert report == [(2.0, "vote@3")]
