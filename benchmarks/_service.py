@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import signal
 import socket
 import sys
 import time
 from collections.abc import Iterator
 from typing import Any
+
+import _report
 
 
 def free_port() -> int:
@@ -104,21 +105,10 @@ def service_processes() -> dict[int, str]:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    """Describe the machine, with the Ray version that ran the service."""
     import ray
 
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "ray": ray.__version__,
-    }
+    return _report.machine_info(ray=ray.__version__)
 
 
 def main() -> int:

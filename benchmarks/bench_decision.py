@@ -23,10 +23,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime
-import json
-import os
-import platform
 import random
 import statistics
 import sys
@@ -34,6 +30,7 @@ import time
 from typing import Any
 
 import numpy as np
+from _report import machine_info, run_header, write_report
 
 from online.artifact import WarmStart
 from online.controller import DualController
@@ -180,22 +177,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.out:
         report: dict[str, Any] = {
-            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-            "machine": {
-                "cores": os.cpu_count(),
-                "platform": platform.platform(),
-                "python": platform.python_version(),
-                "loadavg": list(os.getloadavg()),
-            },
+            **run_header(),
+            "machine": machine_info(),
             "settings": vars(args),
             "questions": len(questions),
             "median_over_runs": medians,
             "runs": runs,
         }
-        with open(args.out, "w", encoding="utf-8") as handle:
-            json.dump(report, handle, indent=1)
-            handle.write("\n")
+        write_report(args.out, report)
     return 0
 
 

@@ -23,9 +23,7 @@ budget and stayed there until the end of the run.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -35,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.request import urlopen
 
+from _report import run_header, write_report
 from _service import machine_info, ray_serve, run_allocator, service_processes, wait_healthy
 
 RUNNER = Path(__file__).resolve().parent.parent / "loadtest" / "run.py"
@@ -204,8 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         stats_csv = (Path(tmp) / "locust_stats.csv").read_text() if summary else None
 
     report = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        **run_header(),
         "runner_command": " ".join(command[1:]),
         "runner_exit_code": result.returncode,
         "machine": machine,
@@ -216,9 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         "memory_samples": samples,
         "convergence": convergence(summary) if summary else None,
     }
-    with open(args.out, "w", encoding="utf-8") as handle:
-        json.dump(report, handle, indent=1)
-        handle.write("\n")
+    write_report(args.out, report)
     return result.returncode
 
 

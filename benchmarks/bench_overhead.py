@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
-import json
 import os
 import random
 import statistics
@@ -33,6 +31,7 @@ import time
 from typing import Any
 
 import aiohttp
+from _report import run_header, write_report
 from _service import app_settings, free_port, machine_info, ray_serve, wait_healthy
 from ray import serve
 from starlette.requests import Request
@@ -181,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"median solve / bare throughput: {ratio:.3f}")
     if args.out:
         report = {
-            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+            **run_header(),
             "machine": machine,
             "settings": vars(args),
             "median_over_runs": medians,
@@ -191,9 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             "service_stats_after": stats_after,
             "runs": runs,
         }
-        with open(args.out, "w", encoding="utf-8") as handle:
-            json.dump(report, handle, indent=1)
-            handle.write("\n")
+        write_report(args.out, report)
     return 0
 
 

@@ -30,13 +30,10 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import itertools
-import json
 import multiprocessing as mp
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -47,6 +44,7 @@ from typing import Any
 import numpy as np
 import scipy
 import scipy.sparse as sparse
+from _report import machine_info, run_header, write_report
 from scipy.optimize import linprog
 from tqdm import tqdm
 
@@ -197,27 +195,6 @@ def median_of(records: list[dict], key: str = "seconds") -> float | None:
     """Return the median of ``key`` over the successful calls, or None if there were none."""
     times = [r[key] for r in records if r["status"] == "ok"]
     return statistics.median(times) if times else None
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-    }
 
 
 def summarise(n: int, results: dict[str, list[dict]]) -> dict:
@@ -431,17 +408,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{solver} {clock} time ~ n^{fitted['exponent']:.2f} ({steps})")
     if args.out:
         report = {
-            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-            "machine": machine_info(),
+            **run_header(),
+            "machine": machine_info(numpy=np.__version__, scipy=scipy.__version__),
             "settings": vars(args) | {"action_costs": list(ACTION_COSTS)},
             "summary": summaries,
             "growth": growth,
             "measurements": measurements,
         }
-        with open(args.out, "w", encoding="utf-8") as handle:
-            json.dump(report, handle, indent=1)
-            handle.write("\n")
+        write_report(args.out, report)
     return 0
 
 

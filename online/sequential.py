@@ -1,12 +1,13 @@
 """Sequential allocation: draw samples in batches, and stop when more would not pay at the price.
 
-The paper's policies fix the number of samples before seeing any of them. The first samples say
-more about a question than its text does: when they agree the question is likely easy. This
-policy draws along the rungs of the action space (1, 3, 5, 9, 15 samples by default). After each
-batch it looks at the vote so far, summarised as the state (rung, samples drawn, top count,
-runner-up count), and either stops or jumps to a later rung. The rule is the Lagrangian one of
-the offline oracle: continue to rung ``u`` when the expected accuracy gained by going on exceeds
-``lambda`` times the expected extra cost.
+The policies of Solve-then-Learn (Zhai et al., arXiv:2604.14853) fix the number of samples
+before seeing any of them. The first samples reveal more about a question than its text does:
+when they agree the question is likely easy. This policy draws along rungs of sample counts:
+the service and the offline tools use every count from 1 to the largest action's, 15 by
+default. After each batch it looks at the vote so far, summarised as the state (rung, samples
+drawn, top count, runner-up count), and either stops or jumps to a later rung. The rule is the
+Lagrangian one of the offline oracle: continue to rung ``u`` when the expected accuracy gained
+by going on exceeds ``lambda`` times the expected extra cost.
 
 Those expectations come from a dynamic programme over the states, fitted on random orderings of
 the training questions' recorded samples. The question's features enter through a difficulty
@@ -257,8 +258,9 @@ class _Counts:
 
     visits: np.ndarray
     correct: np.ndarray
-    # For rung t, the moves to every later rung u stacked: row (u - t - 1) * n_t + i counts the
-    # orderings that were in the i-th state of rung t and then in each state of rung u.
+    # Moves from rung t to every later rung u, stacked in one matrix per t. Row
+    # (u - t - 1) * n_t + i counts the orderings that went from the i-th state of rung t to
+    # each state of rung u.
     moves: list[sparse.csr_matrix]
     extra_cost: list[np.ndarray]  # (later rungs, states of rung t): summed extra cost
 
@@ -303,6 +305,8 @@ class SequentialPolicy:
     rungs_: tuple[int, ...] = ()
     states_: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     rung_of_: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    rung_rows_: list[np.ndarray] = field(default_factory=list)
+    pooled_accuracy_: np.ndarray = field(default_factory=lambda: np.zeros(0))
     counts_: list[_Counts] = field(default_factory=list)
     root_: list[dict[int, tuple[np.ndarray, float, float]]] = field(default_factory=list)
     _plans: dict[float, _Plan] = field(default_factory=dict, repr=False)
@@ -329,6 +333,7 @@ class SequentialPolicy:
         self.states_ = np.unique(traj.code)
         self.rung_of_ = self.states_ // (_CODE**3)
         n_states, m = len(self.states_), len(traj.rungs)
+        self.rung_rows_ = [np.flatnonzero(self.rung_of_ == r) for r in range(m)]
         index = np.searchsorted(self.states_, traj.code)
         group_ids: list[int | None] = [*range(self.groups.groups), None]
         self.counts_, self.root_ = [], []
@@ -344,7 +349,7 @@ class SequentialPolicy:
             moves, extra = [], []
             for t in range(m):
                 # Only the states of rung t move from rung t: keep those rows alone.
-                rows_t = np.flatnonzero(self.rung_of_ == t)
+                rows_t = self.rung_rows_[t]
                 local = np.searchsorted(rows_t, flat[:, t])
                 later = m - t - 1
                 block_rows = (np.arange(later)[:, None] * len(rows_t) + local[None, :]).ravel()
@@ -373,6 +378,17 @@ class SequentialPolicy:
                 root[u] = (dist, size, float(run[:, u].sum()))
             self.root_.append(root)
 
+        # The pooled chance that stopping in a state is right, shrunk by one visit towards the
+        # mean of its rung, so that a state seen once does not count as certain.
+        pooled = self.counts_[-1]
+        prior = np.array(
+            [
+                pooled.correct[rows].sum() / max(pooled.visits[rows].sum(), 1.0)
+                for rows in self.rung_rows_
+            ]
+        )
+        self.pooled_accuracy_ = (pooled.correct + prior[self.rung_of_]) / (pooled.visits + 1.0)
+
     # deciding
 
     def plan(self, lambda_: float) -> _Plan:
@@ -392,22 +408,15 @@ class SequentialPolicy:
         weight = self.smoothing * self.orderings
         nexts = np.full((n_groups, len(self.states_)), STOP, dtype=np.int64)
         first = np.zeros(n_groups, dtype=np.int64)
-        prior = np.array(
-            [
-                pooled.correct[self.rung_of_ == r].sum()
-                / max(pooled.visits[self.rung_of_ == r].sum(), 1.0)
-                for r in range(m)
-            ]
-        )
-        pooled_accuracy = (pooled.correct + prior[self.rung_of_]) / (pooled.visits + 1.0)
+        last = self.rung_rows_[m - 1]
         for g in range(n_groups):
             own = self.counts_[g]
             denominator = own.visits + weight
-            stop_value = (own.correct + weight * pooled_accuracy) / denominator
+            stop_value = (own.correct + weight * self.pooled_accuracy_) / denominator
             value = np.zeros(len(self.states_))
-            value[self.rung_of_ == m - 1] = stop_value[self.rung_of_ == m - 1]
+            value[last] = stop_value[last]
             for t in range(m - 2, -1, -1):
-                rows = np.flatnonzero(self.rung_of_ == t)
+                rows = self.rung_rows_[t]
                 best = stop_value[rows].copy()
                 choice = np.full(len(rows), STOP, dtype=np.int64)
                 seen = pooled.visits[rows] > 0

@@ -424,17 +424,11 @@ class Gateway:
             # The backend's message may echo the question, so it is logged at DEBUG only.
             logger.warning("request %s failed at the backend, status %s", request_id, exc.status)
             logger.debug("request %s backend error: %s", request_id, exc)
-            if exc.billed_samples:
-                self._price.complete(ticket, float(exc.billed_samples), action.name)
-            else:
-                # Nothing was billed, so the reservation is withdrawn, not completed at cost 0.
-                self._price.cancel(ticket)
+            self._settle_failure(ticket, exc.billed_samples, action.name)
             raise _backend_error(exc) from None
 
         cost = float(result.billed_samples)
-        self._price.complete(ticket, cost, action.name)
-        if self._price.unreported >= self._settings.report_batch:
-            self._flush_now.set()
+        self._bill(ticket, cost, action.name)
         remembered = _Remembered(features, result.answer, result.keys, decided_at)
         self._remember(request_id, remembered)
         logger.debug(
@@ -478,10 +472,10 @@ class Gateway:
         keys: list[str | None] = []
         billed = 0
         while True:
-            wanted = policy.rungs_[rung] - len(keys)
+            requested = policy.rungs_[rung] - len(keys)
             round_seed = None if seed is None else (seed + len(rounds)) & 0xFFFFFFFF
             try:
-                result = await self._pool.sample(question, wanted, seed=round_seed)
+                result = await self._pool.sample(question, requested, seed=round_seed)
             except BackendError as exc:
                 billed += exc.billed_samples
                 logger.warning(
@@ -493,15 +487,12 @@ class Gateway:
                 logger.debug("request %s backend error: %s", request_id, exc)
                 if rounds:
                     break  # vote on the samples of the rounds that came back
-                if billed:
-                    self._price.complete(ticket, float(billed), f"draw@{billed}")
-                else:
-                    self._price.cancel(ticket)
+                self._settle_failure(ticket, billed, f"draw@{billed}")
                 raise _backend_error(exc) from None
             rounds.append(result)
             keys.extend(result.keys)
             billed += result.billed_samples
-            if result.samples_used < wanted:
+            if result.samples_used < requested:
                 break
             following = policy.next_rung(features, rung, keys, decided_at)
             if following == STOP:
@@ -513,9 +504,7 @@ class Gateway:
         drawn = len(keys)
         name = f"vote@{drawn}" if drawn in self._actions.sample_counts else f"draw@{drawn}"
         cost = float(billed)
-        self._price.complete(ticket, cost, name)
-        if self._price.unreported >= self._settings.report_batch:
-            self._flush_now.set()
+        self._bill(ticket, cost, name)
         self._remember(request_id, _Remembered(features, voted.answer, keys, decided_at))
         return {
             "id": request_id,
@@ -532,6 +521,20 @@ class Gateway:
                 "completion_tokens": sum(r.completion_tokens for r in rounds),
             },
         }
+
+    def _bill(self, ticket: int, cost: float, action: str) -> None:
+        """Record a finished request's billed cost, and report at once when a batch is full."""
+        self._price.complete(ticket, cost, action)
+        if self._price.unreported >= self._settings.report_batch:
+            self._flush_now.set()
+
+    def _settle_failure(self, ticket: int, billed: int, action: str) -> None:
+        """Record what a failed request was billed, or withdraw its reservation if nothing."""
+        if billed:
+            self._price.complete(ticket, float(billed), action)
+        else:
+            # Nothing was billed, so the reservation is withdrawn, not completed at cost 0.
+            self._price.cancel(ticket)
 
     def _remember(self, request_id: str, entry: _Remembered) -> None:
         if self._settings.feedback_memory == 0:

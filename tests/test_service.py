@@ -263,6 +263,21 @@ def test_locust_smoke(service_url: str, tmp_path) -> None:
     assert failures == 0
 
 
+async def stats_after_restart(url: str, requests: int = 0) -> dict:
+    """Poll /v1/stats for up to 60 s until a restarted controller counts ``requests``."""
+    stats: dict = {}
+    for _ in range(120):
+        await asyncio.sleep(0.5)
+        try:
+            status, stats = await request("GET", f"{url}/v1/stats")
+        except aiohttp.ClientError:
+            continue
+        if status == 200 and stats["requests"] >= requests:
+            break
+    assert stats, f"no reply from {url}/v1/stats within 60 s"
+    return stats
+
+
 def kill_controller() -> None:
     import ray
 
@@ -285,16 +300,7 @@ async def test_controller_restart_resumes_state(service_url: str, state_path: Pa
 
     kill_controller()
 
-    after = None
-    for _ in range(120):
-        await asyncio.sleep(0.5)
-        try:
-            status, after = await request("GET", f"{service_url}/v1/stats")
-        except aiohttp.ClientError:
-            continue
-        if status == 200:
-            break
-    assert after is not None
+    after = await stats_after_restart(service_url)
     assert after["lambda"] == before["lambda"]
     assert after["requests"] == before["requests"]
     assert after["mean_cost"] == before["mean_cost"]
@@ -317,16 +323,7 @@ async def test_controller_killed_mid_stream_loses_nothing(service_url: str) -> N
     assert len(summary.costs) == 600
 
     # The gateway keeps its unreported costs until a restarted controller takes them.
-    after = None
-    for _ in range(120):
-        await asyncio.sleep(0.5)
-        try:
-            status, after = await request("GET", f"{service_url}/v1/stats")
-        except aiohttp.ClientError:
-            continue
-        if status == 200 and after["requests"] >= before["requests"] + 600:
-            break
-    assert after is not None
+    after = await stats_after_restart(service_url, requests=before["requests"] + 600)
     assert after["requests"] == before["requests"] + 600
     assert after["total_cost"] == pytest.approx(before["total_cost"] + sum(summary.costs))
     assert sum(summary.costs) / 600 == pytest.approx(after["budget"], rel=0.05)
