@@ -50,12 +50,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
             print(message, file=sys.stderr)
             return 2
         order = np.random.default_rng(args.seed).permutation(len(questions))
-        held = set(order[: round(args.holdout * len(questions))].tolist())
-        kept = [q for i, q in enumerate(questions) if i not in held]
-        held_out = [q for i, q in enumerate(questions) if i in held]
+        held_out_rows = set(order[: round(args.holdout * len(questions))].tolist())
+        held_out = [q for i, q in enumerate(questions) if i in held_out_rows]
         count = write_samples(held_out, args.holdout_out)
         print(f"wrote {count} held-out questions of {args.dataset} to {args.holdout_out}")
-        questions = kept
+        questions = [q for i, q in enumerate(questions) if i not in held_out_rows]
     count = write_samples(questions, args.out)
     print(f"wrote {count} questions of {args.dataset} to {args.out}")
     return 0

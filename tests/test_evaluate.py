@@ -192,17 +192,17 @@ def test_price_rule_spends_budget_for_classifier_scores(guard: float, budget: fl
 
 
 def test_export_holdout_splits_a_set(tmp_path: Path) -> None:
-    kept, held = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    train_path, test_path = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
     result = run_cli(
-        "export", "--dataset", "math100", "--out", str(kept), "--holdout", "0.25",
-        "--holdout-out", str(held),
+        "export", "--dataset", "math100", "--out", str(train_path), "--holdout", "0.25",
+        "--holdout-out", str(test_path),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    kept_ids = {q.id for q in read_samples(kept)}
-    held_ids = {q.id for q in read_samples(held)}
-    assert len(held_ids) == 25
-    assert len(kept_ids) == 75
-    assert not kept_ids & held_ids
+    train_ids = {q.id for q in read_samples(train_path)}
+    test_ids = {q.id for q in read_samples(test_path)}
+    assert len(test_ids) == 25
+    assert len(train_ids) == 75
+    assert not train_ids & test_ids
 
 
 @pytest.mark.parametrize(

@@ -63,7 +63,7 @@ def test_rungs_beyond_the_samples_draw_them_all() -> None:
     assert np.all(traj.correct[0, :, 2])
 
 
-def test_state_code_of_a_live_vote_matches_the_orderings() -> None:
+def test_live_vote_state_matches_orderings() -> None:
     traj = Trajectories.sample([outcome(["x", "y", "x", None], {"x"})], (1, 2, 3, 4), 50)
     codes = set(traj.code[0, :, 3].tolist())
     assert codes == {vote_state(3, ["x", "y", "x", None])}
