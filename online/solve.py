@@ -72,90 +72,140 @@ def _check(accuracy: np.ndarray, cost: np.ndarray, budget: float) -> tuple[np.nd
 
 def _start(p: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Return the action at an infinite price: the most accurate of the cheapest actions."""
-    masked = np.where(c == c[:, :1], p, -np.inf)
-    return np.argmax(masked, axis=1)
+    start = np.zeros(p.shape[0], dtype=np.int64)
+    best = p[:, 0].copy()
+    for j in range(1, p.shape[1]):
+        cheapest = c[:, j] == c[:, 0]
+        if not cheapest.any():
+            break  # costs rise along each row, so no later action is among the cheapest
+        better = cheapest & (p[:, j] > best)
+        start[better] = j
+        best[better] = p[better, j]
+    return start
 
 
-def _hull_breakpoints(p: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Walk each question's upper concave hull from its cheapest action.
+def _hull_edges(p: np.ndarray, c: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Mark the vertices of each question's upper concave hull, walked from ``start``.
 
-    Returns flat arrays (row, slope, to, cost step, accuracy step), one entry per hull edge with a
-    positive slope. Collinear points are merged into the dearest one, because just below the
-    edge's slope the dearest of them has the largest Lagrangian value.
+    Action ``j`` is a vertex when every cheaper action reaches it with a steeper slope than any
+    dearer action leaves it with, and it gains accuracy over the cheaper hull (slope above 0).
+    Returns ``(vertex, slope, cost step, accuracy step)``, each of shape ``(m, n)`` (actions
+    first, so that each action's row is contiguous): the edge into vertex ``j`` from the
+    previous vertex. Points on one line with their neighbours are not vertices, so such an
+    edge ends at the dearest of them, which just below the edge's slope has the largest
+    Lagrangian value.
     """
     n, m = p.shape
-    rows_all = np.arange(n)
-    current = _start(p, c)
-    edges: list[tuple[np.ndarray, ...]] = []
-    active = rows_all
-    for _ in range(m - 1):
-        if active.size == 0:
+    pt = np.ascontiguousarray(p.T)
+    ct = np.ascontiguousarray(c.T)
+    into = np.full((m, n), np.inf)  # the flattest slope from a cheaper action
+    out = np.zeros((m, n))  # the steepest slope to a dearer action, at least 0
+    dominated = np.zeros((m, n), dtype=bool)
+    shared = bool((c == c[0]).all())  # one cost vector for every question
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for i in range(m):
+            for k in range(i + 1, m):
+                dp = pt[k] - pt[i]
+                if shared and c[0, k] > c[0, i]:
+                    slope = np.multiply(dp, 1.0 / (c[0, k] - c[0, i]), out=dp)
+                    np.minimum(into[k], slope, out=into[k])
+                    np.maximum(out[i], slope, out=out[i])
+                    continue
+                dc = ct[k] - ct[i]
+                slope = dp / dc
+                same = dc == 0
+                # Of actions with one cost, only the first most accurate can be chosen.
+                dominated[k] |= same & (dp <= 0)
+                dominated[i] |= same & (dp > 0)
+                np.minimum(into[k], np.where(same, np.inf, slope), out=into[k])
+                np.maximum(out[i], np.where(same, 0.0, slope), out=out[i])
+    vertex = (into > out) & ~dominated
+    vertex &= np.arange(m)[:, None] > start
+    rows = np.arange(n)
+    previous = start.copy()
+    dcost = np.zeros((m, n))
+    dacc = np.zeros((m, n))
+    for j in range(m):
+        v = vertex[j]
+        if not v.any():
+            continue
+        np.subtract(ct[j], c[rows, previous], out=dcost[j], where=v)
+        np.subtract(pt[j], p[rows, previous], out=dacc[j], where=v)
+        previous[v] = j
+    slope = np.full((m, n), -np.inf)
+    np.divide(dacc, dcost, out=slope, where=vertex)
+    return vertex, slope, dcost, dacc
+
+
+def _critical_slope(slope: np.ndarray, dcost: np.ndarray, need: float) -> float:
+    """Return the largest ``s`` in ``slope`` with ``sum(dcost[slope >= s]) >= need``.
+
+    Each pass estimates the answer from a sample of the remaining edges, keeps only the edges
+    between two prices that bracket the estimate, and checks that the bracket holds; when it
+    does not, the pass keeps the side the answer lies on. So the work is linear in the number
+    of edges, where a full sort would be ``n log n``.
+    """
+    committed = 0.0  # cost of the edges above every remaining candidate
+    while slope.size > 8192:
+        step = slope.size // 4096
+        order = np.argsort(-slope[::step])
+        sample = slope[::step][order]
+        estimate = committed + step * np.cumsum(dcost[::step][order])
+        idx = int(np.searchsorted(estimate, need))
+        hi = float(sample[max(idx - 256, 0)])
+        lo = float(sample[min(idx + 256, sample.size - 1)])
+        above = slope > hi
+        cost_above = committed + float(dcost[above].sum())
+        if cost_above >= need:
+            slope, dcost = slope[above], dcost[above]
+            continue
+        inside = (slope >= lo) & ~above
+        cost_inside = float(dcost[inside].sum())
+        if cost_above + cost_inside < need:
+            committed = cost_above + cost_inside
+            below = slope < lo
+            slope, dcost = slope[below], dcost[below]
+            continue
+        if inside.all():
             break
-        cur = current[active]
-        p_cur = p[active, cur][:, None]
-        c_cur = c[active, cur][:, None]
-        dc = c[active] - c_cur
-        with np.errstate(divide="ignore", invalid="ignore"):
-            slope = np.where(dc > 0, (p[active] - p_cur) / dc, -np.inf)
-        best = slope.max(axis=1)
-        moving = best > 0
-        if not moving.any():
-            break
-        tied = np.isclose(slope, best[:, None], rtol=_SLOPE_RTOL, atol=0.0) & (dc > 0)
-        # The dearest of the tied actions: the last True column.
-        target = m - 1 - np.argmax(tied[:, ::-1], axis=1)
-        rows = active[moving]
-        to = target[moving]
-        frm = cur[moving]
-        edges.append(
-            (rows, best[moving], to, c[rows, to] - c[rows, frm], p[rows, to] - p[rows, frm])
-        )
-        current[rows] = to
-        active = rows
-    if not edges:
-        empty = np.zeros(0)
-        return np.zeros(0, dtype=np.int64), empty, np.zeros(0, dtype=np.int64), empty, empty
-    return tuple(np.concatenate(parts) for parts in zip(*edges, strict=True))
+        committed = cost_above
+        slope, dcost = slope[inside], dcost[inside]
+    order = np.argsort(-slope, kind="stable")
+    cum = committed + np.cumsum(dcost[order])
+    idx = int(np.searchsorted(cum, need, side="left"))
+    return float(slope[order][min(idx, slope.size - 1)])
 
 
 def _solve_breakpoints(p: np.ndarray, c: np.ndarray, budget: float) -> Solution:
-    n = p.shape[0]
+    n, m = p.shape
+    rows = np.arange(n)
     start = _start(p, c)
-    base_cost = float(c[np.arange(n), start].sum())
-    base_acc = float(p[np.arange(n), start].sum())
-    rows, slope, to, dcost, dacc = _hull_breakpoints(p, c)
-    order = np.argsort(-slope, kind="stable")
-    rows, slope, to, dcost, dacc = rows[order], slope[order], to[order], dcost[order], dacc[order]
-    cum_cost = base_cost + np.cumsum(dcost)
+    base_cost = float(c[rows, start].sum())
+    base_acc = float(p[rows, start].sum())
+    vertex, slope, dcost, dacc = _hull_edges(p, c, start)
     target = budget * n
-    action = start.copy()
-    dearer = start.copy()
+    total_cost = base_cost + float(dcost.sum())
+    columns = np.arange(m)[:, None]
     split = np.zeros(n)
-    if slope.size == 0 or cum_cost[-1] <= target:
-        # The unconstrained optimum fits in the budget: price zero.
-        action[rows] = to  # later edges of a row come later in the order and overwrite
-        dearer[:] = action
-        total_cost = float(cum_cost[-1]) if slope.size else base_cost
-        total_acc = base_acc + float(dacc.sum())
-        return Solution(0.0, action, dearer, split, total_cost / n, total_acc / n, budget)
-    idx = int(np.searchsorted(cum_cost, target, side="left"))
-    lam = float(slope[idx])
-    group = np.isclose(slope, lam, rtol=_SLOPE_RTOL, atol=0.0)
-    first = int(np.argmax(group))
-    last = len(group) - 1 - int(np.argmax(group[::-1]))
-    taken = slice(0, first)
-    action[rows[taken]] = to[taken]
+    if total_cost <= target:
+        # The unconstrained optimum fits in the budget: price zero, every question at its
+        # dearest vertex.
+        action = np.where(vertex, columns, start).max(axis=0)
+        mean_acc = (base_acc + float(dacc.sum())) / n
+        return Solution(0.0, action, action.copy(), split, total_cost / n, mean_acc, budget)
+    lam = _critical_slope(slope[vertex], dcost[vertex], target - base_cost)
+    group = vertex & np.isclose(slope, lam, rtol=_SLOPE_RTOL, atol=0.0)
+    taken = vertex & (slope > lam) & ~group
+    action = np.where(taken, columns, start).max(axis=0)
+    dearer = np.where(taken | group, columns, start).max(axis=0)
     cost_before = base_cost + float(dcost[taken].sum())
     acc_before = base_acc + float(dacc[taken].sum())
-    grp = slice(first, last + 1)
-    group_cost = float(dcost[grp].sum())
+    group_cost = float(dcost[group].sum())
     theta = (target - cost_before) / group_cost if group_cost > 0 else 0.0
     theta = min(max(theta, 0.0), 1.0)
-    dearer[:] = action
-    dearer[rows[grp]] = to[grp]
-    split[rows[grp]] = theta
+    split[dearer != action] = theta
     mean_cost = (cost_before + theta * group_cost) / n
-    mean_acc = (acc_before + theta * float(dacc[grp].sum())) / n
+    mean_acc = (acc_before + theta * float(dacc[group].sum())) / n
     return Solution(lam, action, dearer, split, mean_cost, mean_acc, budget)
 
 
@@ -200,8 +250,8 @@ def solve(
     """Find the oracle allocation at mean-cost budget ``budget``.
 
     ``accuracy`` and ``cost`` have shape ``(n, m)``, costs non-decreasing along each row.
-    ``method="breakpoints"`` sorts the slopes of every question's upper concave hull and reads
-    the exact critical price; ``"bisection"`` bisects on the price (60 steps) and splits between
+    ``method="breakpoints"`` finds the exact critical price among the slopes of every
+    question's upper concave hull, in time linear in the number of questions; ``"bisection"`` bisects on the price (60 steps) and splits between
     the allocations on each side of the final bracket. Both give the LP optimum; the first is
     faster. Raises `ValueError` when even the cheapest actions cost more than ``budget``.
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linprog
 
-from online.solve import solve
+from online.solve import _critical_slope, solve
 from online.vote_accuracy import vote_accuracy
 
 
@@ -48,6 +48,51 @@ def test_solve_matches_highs(seed: int, method: str) -> None:
     solution = solve(p, c, budget, method=method)
     assert solution.mean_accuracy == pytest.approx(lp_optimum(p, c, budget), abs=1e-9)
     assert solution.mean_cost <= budget + 1e-9
+
+
+@pytest.mark.parametrize("method", ["breakpoints", "bisection"])
+@pytest.mark.parametrize("seed", range(6))
+def test_solve_matches_highs_with_equal_costs(seed: int, method: str) -> None:
+    # Steps of 0 give actions of one cost; only the most accurate of them can be chosen.
+    rng = np.random.default_rng(100 + seed)
+    n, m = int(rng.integers(3, 40)), int(rng.integers(2, 6))
+    p = rng.uniform(0, 1, size=(n, m))
+    c = np.cumsum(rng.integers(0, 3, size=(n, m)).astype(float), axis=1) + 1.0
+    budget = float(rng.uniform(c[:, 0].mean(), c[:, -1].mean()))
+    solution = solve(p, c, budget, method=method)
+    assert solution.mean_accuracy == pytest.approx(lp_optimum(p, c, budget), abs=1e-9)
+    assert solution.mean_cost <= budget + 1e-9
+
+
+def test_solve_matches_highs_on_thousands_of_tied_questions() -> None:
+    # Accuracies in eighths, as from 8 recorded samples, tie many hull slopes. With 4,000
+    # questions the edges outnumber what the critical-price search sorts outright.
+    rng = np.random.default_rng(11)
+    p = np.sort(rng.integers(0, 9, size=(4000, 5)) / 8.0, axis=1)
+    c = np.tile([1.0, 3.0, 5.0, 9.0, 15.0], (4000, 1))
+    for budget in (2.0, 4.0, 7.5):
+        solution = solve(p, c, budget)
+        assert solution.mean_accuracy == pytest.approx(lp_optimum(p, c, budget), abs=1e-9)
+        assert solution.mean_cost == pytest.approx(budget, rel=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["random", "sorted", "reversed", "tied", "constant"])
+def test_critical_slope_matches_a_full_sort(layout: str) -> None:
+    rng = np.random.default_rng(3)
+    size = 60_000
+    slope = {
+        "random": rng.uniform(0, 1, size),
+        "sorted": np.sort(rng.uniform(0, 1, size)),
+        "reversed": np.sort(rng.uniform(0, 1, size))[::-1].copy(),
+        "tied": rng.integers(0, 40, size) / 40.0,
+        "constant": np.full(size, 0.25),
+    }[layout]
+    dcost = rng.integers(1, 7, size).astype(float)
+    order = np.argsort(-slope, kind="stable")
+    cumulative = np.cumsum(dcost[order])
+    for need in (1.0, cumulative[size // 3], cumulative[-1] * 0.999, cumulative[-1]):
+        expected = slope[order][int(np.searchsorted(cumulative, need))]
+        assert _critical_slope(slope, dcost, float(need)) == expected
 
 
 def test_solve_spends_budget_when_binding() -> None:
