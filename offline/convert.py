@@ -43,6 +43,7 @@ __all__ = [
     "SandboxError",
     "convert_aqua",
     "convert_gsm8k",
+    "convert_gsm8k_gpt3",
     "convert_math100",
     "convert_math500",
     "convert_svamp",
@@ -58,6 +59,7 @@ RAW_FILES: dict[str, str] = {
     "aqua": "pot_aqua_sc/aqua_sc_s0_e-1_11_07_20_49.jsonl",
     "math100": "qwen25math_maj8_example/math_cot_100.jsonl",
     "gsm8k": "gsm8k_openai/test.jsonl",
+    "gsm8k_gpt3": "gsm8k_openai/example_model_solutions.jsonl",
     "math500": "math500_levels/math500.jsonl",
 }
 
@@ -716,6 +718,61 @@ def convert_gsm8k(raw_dir: Path, out_path: Path) -> int:
     return write_samples(questions, out_path)
 
 
+#: The four GPT-3 solvers of ``example_model_solutions.jsonl``, in the order their samples take.
+GPT3_SOLVERS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")
+_FINAL_ANSWER = re.compile(r"A:\s*(.*?)\s*$")
+
+
+def convert_gsm8k_gpt3(raw_dir: Path, out_path: Path) -> float:
+    """Write GSM8K with one recorded solution from each of four GPT-3 solvers as its samples.
+
+    The samples are the solutions of `GPT3_SOLVERS` (Cobbe et al., 2021: 6B and 175B models,
+    fine-tuned, or fine-tuned and reranked by a verifier), in that order, so a random subset of
+    them is a draw from the mixture of the four solvers, not from one model. Each sample's answer
+    is the key of the text after the final ``A:``, and ``correct`` is the recorded
+    ``is_correct``. The gold comes from ``test.jsonl``. Returns the share of samples whose
+    answer matches the gold exactly when ``correct`` says so.
+    """
+    path = raw_dir / RAW_FILES["gsm8k_gpt3"]
+    golds = raw_dir / RAW_FILES["gsm8k"]
+    test = _read_jsonl(golds)
+    solutions = _read_jsonl(path)
+    if len(test) != len(solutions):
+        raise ConversionError(
+            f"{path} has {len(solutions)} lines but {golds} has {len(test)}; they must match"
+        )
+    questions: list[Question] = []
+    agree = total = 0
+    for index, ((line_no, obj), (_, gold_obj)) in enumerate(
+        zip(solutions, test, strict=True), start=1
+    ):
+        question = _field(path, line_no, obj, "question", str)
+        if question != gold_obj.get("question"):
+            raise ConversionError(
+                f"{path}:{line_no}: field 'question' differs from line {line_no} of {golds}"
+            )
+        gold = str(gold_obj["answer"]).split("####")[-1].strip()
+        samples = []
+        for solver in GPT3_SOLVERS:
+            record = _field(path, line_no, obj, solver, dict)
+            text = record.get("solution")
+            correct = record.get("is_correct")
+            if not isinstance(text, str) or not isinstance(correct, bool):
+                raise ConversionError(
+                    f"{path}:{line_no}: field '{solver}' needs a string 'solution' and a boolean "
+                    f"'is_correct', got {record!r:.120}"
+                )
+            match = _FINAL_ANSWER.search(text.strip())
+            answer = canonical_key(match.group(1)) if match else None
+            samples.append(Sample(answer=answer, correct=correct))
+            agree += (answer is not None and answer == canonical_key(gold)) == correct
+            total += 1
+        meta = {"dataset": "gsm8k_gpt3"}
+        questions.append(Question(f"gsm8k-{index:04d}", question, gold, tuple(samples), meta))
+    write_samples(questions, out_path)
+    return agree / total
+
+
 def convert_math500(raw_dir: Path, out_path: Path) -> int:
     """Write the MATH-500 problems with gold answer, level and subject; return the count."""
     path = raw_dir / RAW_FILES["math500"]
@@ -782,6 +839,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.info("math100: extract_answer equals the recorded pred on %.4f", share)
         elif name == "gsm8k":
             logger.info("gsm8k: %d questions", convert_gsm8k(args.raw, out_path))
+        elif name == "gsm8k_gpt3":
+            share = convert_gsm8k_gpt3(args.raw, out_path)
+            logger.info("gsm8k_gpt3: the recorded is_correct agrees with the answer on %.4f", share)
         else:
             logger.info("math500: %d questions", convert_math500(args.raw, out_path))
         logger.info("wrote %s (%d bytes)", out_path, out_path.stat().st_size)

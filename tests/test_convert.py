@@ -12,7 +12,16 @@ from pathlib import Path
 import pytest
 
 from offline.aqua import ProgramValue, nearest_letter, read_choice, symbol_value
-from offline.convert import RAW_FILES, RunResult, Sandbox, convert_aqua, convert_svamp
+from offline.convert import (
+    GPT3_SOLVERS,
+    RAW_FILES,
+    ConversionError,
+    RunResult,
+    Sandbox,
+    convert_aqua,
+    convert_gsm8k_gpt3,
+    convert_svamp,
+)
 from online.answers import canonical_key, extract_answer
 from online.datasets import DATASETS, load_dataset
 from online.samples import Question, SamplesFormatError, read_samples
@@ -309,3 +318,51 @@ def test_aqua_conversion_is_deterministic(tmp_path: Path) -> None:
 def test_aqua_conversion_needs_sympy_runtime(sandbox: Sandbox, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="runtime 'sympy'"):
         convert_aqua(tmp_path, tmp_path / "aqua.jsonl.gz", sandbox)
+
+
+def _write_raw_gsm8k(raw: Path, solutions: list[dict[str, object]]) -> None:
+    folder = raw / Path(RAW_FILES["gsm8k"]).parent
+    folder.mkdir(parents=True)
+    questions = [
+        "Ann has 2 pens and buys 3. How many pens?",
+        "Bo reads 4 pages a day. Pages in 2 days?",
+    ]
+    golds = ["5", "8"]
+    test = [
+        {"question": q, "answer": f"work\n#### {g}"} for q, g in zip(questions, golds, strict=True)
+    ]
+    (raw / RAW_FILES["gsm8k"]).write_text("".join(json.dumps(r) + "\n" for r in test))
+    rows = [{"question": q, **s} for q, s in zip(questions, solutions, strict=True)]
+    (raw / RAW_FILES["gsm8k_gpt3"]).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_gsm8k_gpt3_conversion_keeps_each_solver_as_a_sample(tmp_path: Path) -> None:
+    def solved(answers: list[str], correct: list[bool]) -> dict[str, object]:
+        return {
+            solver: {"solution": f"steps\nA: {a}", "is_correct": c}
+            for solver, a, c in zip(GPT3_SOLVERS, answers, correct, strict=True)
+        }
+
+    _write_raw_gsm8k(
+        tmp_path / "raw",
+        [
+            solved(["5", "6", "5", "5"], [True, False, True, True]),
+            solved(["8", "8.0", "$8", "7"], [True, True, True, False]),
+        ],
+    )
+    out = tmp_path / "gsm8k_gpt3.jsonl.gz"
+    assert convert_gsm8k_gpt3(tmp_path / "raw", out) == 1.0
+    first, second = read_samples(out)
+    assert (first.id, first.gold, second.gold) == ("gsm8k-0001", "5", "8")
+    assert [s.answer for s in first.samples] == ["5", "6", "5", "5"]
+    assert [s.correct for s in second.samples] == [True, True, True, False]
+    assert [s.answer for s in second.samples][1:3] == ["8", "8"]
+
+
+def test_gsm8k_gpt3_conversion_names_a_bad_solver_record(tmp_path: Path) -> None:
+    broken = {solver: {"solution": "A: 5", "is_correct": True} for solver in GPT3_SOLVERS}
+    broken["175b_finetuning"] = {"solution": "A: 5", "is_correct": "yes"}
+    fine = {solver: {"solution": "A: 8", "is_correct": True} for solver in GPT3_SOLVERS}
+    _write_raw_gsm8k(tmp_path / "raw", [broken, fine])
+    with pytest.raises(ConversionError, match=r":1: field '175b_finetuning'.*'is_correct'"):
+        convert_gsm8k_gpt3(tmp_path / "raw", tmp_path / "out.jsonl.gz")
