@@ -14,7 +14,14 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -24,11 +31,13 @@ __all__ = [
     "ChatMessage",
     "FeedbackRequest",
     "SolveRequest",
+    "StreamRecord",
     "check_admin_token",
     "decode_body",
     "error_response",
     "json_body_schema",
     "parse_body",
+    "validate_fields",
 ]
 
 MAX_BODY_BYTES = 64 * 1024
@@ -88,6 +97,36 @@ class SolveRequest(BaseModel):
     )
     metadata: dict[str, Any] | None = Field(
         None, description="optional hints, such as a MATH 'level' from 1 to 5"
+    )
+
+    @field_validator("question")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must contain a non-space character")
+        return value
+
+
+class StreamRecord(BaseModel):
+    """One record of ``POST /v1/stream``: a `SolveRequest` whose ``id`` is required.
+
+    ``metadata`` may also be sent as ``meta``, its name in samples files, so that the output of
+    ``python -m offline export`` streams as it is. Other fields (``gold``, ``samples``) are
+    ignored.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(
+        ..., min_length=1, max_length=200, description="client id, echoed in the record's result"
+    )
+    question: str = Field(
+        ..., min_length=1, max_length=MAX_QUESTION_CHARS, description="the question text"
+    )
+    metadata: dict[str, Any] | None = Field(
+        None,
+        validation_alias=AliasChoices("metadata", "meta"),
+        description="optional hints, such as a MATH 'level' from 1 to 5",
     )
 
     @field_validator("question")
@@ -298,6 +337,11 @@ def decode_body(body: bytes, model: type[Model]) -> Model:
         raise ApiError(
             422, "invalid_request", f"body must be a JSON object, got {type(data).__name__}"
         )
+    return validate_fields(data, model)
+
+
+def validate_fields(data: dict[str, Any], model: type[Model]) -> Model:
+    """Validate decoded fields; raise `ApiError` 422 whose message names each invalid field."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:

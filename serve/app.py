@@ -3,12 +3,13 @@
 Request path: the gateway validates the request, computes the question's features, takes the
 policy's action at its view of the price (`online.price_view.PriceView`), reserves the action's
 cost in that view, draws and votes the samples through the worker pool, and records the billed
-cost. With the sequential policy the gateway draws in rounds instead, asking the policy after
-each round whether more samples pay at the price, and reserves the policy's mean cost at that
-price. Each gateway replica reports finished requests to the controller in batches (at least
-every ``report_interval_s``) and adopts the controller's price and budget in return, so no
-request waits on the controller. The controller is a single replica because it owns the price
-and the budget.
+cost. ``POST /v1/stream`` takes each record of its body down the same path, a bounded number
+at a time (`serve.ingest`). With the sequential policy the gateway draws in rounds instead,
+asking the policy after each round whether more samples pay at the price, and reserves the
+policy's mean cost at that price. Each gateway replica reports finished requests to the
+controller in batches (at least every ``report_interval_s``) and adopts the controller's price
+and budget in return, so no request waits on the controller. The controller is a single replica
+because it owns the price and the budget.
 """
 
 import asyncio
@@ -45,10 +46,21 @@ from serve.api import (
     ChatCompletionRequest,
     FeedbackRequest,
     SolveRequest,
+    StreamRecord,
     check_admin_token,
     error_response,
     json_body_schema,
     parse_body,
+)
+from serve.ingest import (
+    JSON_LINES,
+    MSGPACK,
+    RecordStreamResponse,
+    encode_results,
+    error_result,
+    media_type_of,
+    read_records,
+    solve_records,
 )
 from serve.metrics import GatewayMetrics
 from serve.openai_api import chat_completion, model_list
@@ -283,6 +295,18 @@ class _Remembered:
     lambda_: float
 
 
+_STREAM_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "one record per line (JSON Lines) or per msgpack map",
+        "content": {
+            media_type: {"schema": StreamRecord.model_json_schema()}
+            for media_type in (JSON_LINES, MSGPACK)
+        },
+    }
+}
+
+
 # Beyond max_ongoing_requests per replica, Serve queues up to max_queued_requests and rejects
 # the rest with 503 and Retry-After, so overload is answered at once instead of piling up.
 @serve.deployment(
@@ -331,6 +355,8 @@ class Gateway:
         self._price = PriceView(await controller.settings.remote())
         self._metrics.set_price(self._price.budget, self._price.price())
         self._flush_now = asyncio.Event()
+        # Solves of streams whose client went away, kept referenced until they finish.
+        self._detached: set[asyncio.Task[Any]] = set()
         self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
 
     async def __del__(self) -> None:
@@ -382,6 +408,35 @@ class Gateway:
         solved = await self._solve("chat", question, request_id, body.metadata)
         return JSONResponse(chat_completion(solved, created))
 
+    @api.post("/v1/stream", openapi_extra=_STREAM_BODY, response_class=RecordStreamResponse)
+    async def stream(self, request: Request) -> RecordStreamResponse:
+        media_type = media_type_of(request.headers.get("content-type"))
+        # NOTE: Ray Serve 2.60's proxy reads the whole body and queues the response without
+        # waiting for the client, so the bounds of solve_records hold in this replica only. A
+        # fast uploader or a slow reader grows the proxy's queues instead.
+        records = read_records(request.stream(), media_type)
+        results = solve_records(
+            records,
+            self._solve_record,
+            self._settings.stream_concurrency,
+            self._settings.stream_max_records,
+            self._detached,
+        )
+        return RecordStreamResponse(encode_results(results, media_type), media_type=media_type)
+
+    async def _solve_record(self, record: StreamRecord, line: int) -> dict[str, Any]:
+        """Return a stream record's result: a ``/v1/solve`` body with ``line``, or its error."""
+        try:
+            solved = await self._solve("stream", record.question, record.id, record.metadata)
+        except ApiError as exc:
+            return error_result(record.id, line, exc)
+        except Exception:
+            logger.exception("stream record %s (line %d) failed", record.id, line)
+            error = ApiError(500, "internal_error", "internal error; see the service log")
+            return error_result(record.id, line, error)
+        solved["line"] = line
+        return solved
+
     @api.get("/v1/models")
     async def models(self) -> JSONResponse:
         return JSONResponse(model_list(self._started))
@@ -389,7 +444,7 @@ class Gateway:
     async def _solve(
         self, route: str, question: str, request_id: str, metadata: dict[str, Any] | None
     ) -> dict[str, Any]:
-        """Solve one question and record the metrics of ``route`` (``solve`` or ``chat``).
+        """Solve one question and record the metrics of ``route`` (``solve``, ``chat``, ``stream``).
 
         Returns the body of a ``/v1/solve`` reply; raises `ApiError` when the backend fails.
         """

@@ -27,8 +27,9 @@ def _tag_keys(*keys: str) -> Any:
 class GatewayMetrics:
     """Requests by action, cost per request, budget, price, backend errors and latency.
 
-    ``route`` is ``solve`` or ``chat``, ``action`` an action name such as ``vote@3``, and
-    ``error_type`` the ``error.type`` sent to the client, such as ``backend_error``.
+    ``route`` is ``solve``, ``chat`` or ``stream`` (one per record), ``action`` an action name
+    such as ``vote@3``, and ``error_type`` the ``error.type`` sent to the client, such as
+    ``backend_error``.
     """
 
     def __init__(self) -> None:

@@ -84,6 +84,19 @@ class AppSettings(BaseModel):
     report_batch: int = Field(
         16, ge=1, description="finished requests that make a gateway report at once"
     )
+    stream_concurrency: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="records of one POST /v1/stream solved at a time; as many finished results "
+        "may wait for the client before the stream stops reading its body",
+    )
+    stream_max_records: int = Field(
+        100_000,
+        ge=1,
+        description="records one POST /v1/stream accepts; the next gets a too_many_records "
+        "error and the stream ends",
+    )
     admin_token_env: str = Field(
         "TTC_ADMIN_TOKEN",
         min_length=1,

@@ -149,7 +149,9 @@ def test_endpoint_errors_are_json(
 def test_openapi_schema_fuzzing(service_url: str, tmp_path: Path) -> None:
     """Schemathesis generates requests from the service's OpenAPI schema; none gets a 5xx.
 
-    PUT /v1/budget is left out because valid budgets would retarget the shared application.
+    PUT /v1/budget is left out because valid budgets would retarget the shared application,
+    and POST /v1/stream because Schemathesis cannot serialise JSON Lines or msgpack bodies
+    (tests/test_stream_endpoint.py sends it bad records instead).
     """
     cli = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     if cli is None:
@@ -163,6 +165,8 @@ def test_openapi_schema_fuzzing(service_url: str, tmp_path: Path) -> None:
             "not_a_server_error",
             "--exclude-method",
             "PUT",
+            "--exclude-path",
+            "/v1/stream",
             "--phases",
             "examples,fuzzing",
             "--max-examples",
