@@ -121,6 +121,8 @@ class DualController:
         self._in_flight: dict[int, float] = {}
         self._tickets = itertools.count()
         self._sources: dict[str, float] = {}
+        # Requests reported by each source since this controller started (not snapshotted).
+        self.source_requests_: dict[str, int] = {}
         # Last report batch applied from each source, so that a resent copy is dropped.
         self._batches: dict[str, int] = {}
 
@@ -170,6 +172,8 @@ class DualController:
             if batch <= self._batches.get(source, 0):
                 return False
             self._batches[source] = batch
+        if finished:
+            self.source_requests_[source] = self.source_requests_.get(source, 0) + len(finished)
         for cost, action in finished:
             self._step(float(cost) - self.budget)
             self._count(float(cost), action)
@@ -261,13 +265,18 @@ class DualController:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
+    @property
+    def window_mean_cost(self) -> float:
+        """Mean cost of the last ``window`` requests; 0 before the first request."""
+        return sum(self.window_) / len(self.window_) if self.window_ else 0.0
+
     def stats(self) -> dict[str, Any]:
         """Return the counters that ``GET /v1/stats`` reports."""
         return {
             "requests": self.requests_,
             "total_cost": self.total_cost_,
             "mean_cost": self.total_cost_ / self.requests_ if self.requests_ else 0.0,
-            "window_mean_cost": sum(self.window_) / len(self.window_) if self.window_ else 0.0,
+            "window_mean_cost": self.window_mean_cost,
             "budget": self.budget,
             "lambda": self.lambda_,
             "unit": self.unit,
@@ -279,6 +288,8 @@ class DualController:
                 else 0.0
             ),
             "actions": dict(self.actions_),
+            "active_sources": self.active_sources(),
+            "sources": dict(self.source_requests_),
         }
 
     def snapshot(self, extra: dict[str, Any] | None = None) -> bytes:

@@ -251,9 +251,10 @@ def solve(
 
     ``accuracy`` and ``cost`` have shape ``(n, m)``, costs non-decreasing along each row.
     ``method="breakpoints"`` finds the exact critical price among the slopes of every
-    question's upper concave hull, in time linear in the number of questions; ``"bisection"`` bisects on the price (60 steps) and splits between
-    the allocations on each side of the final bracket. Both give the LP optimum; the first is
-    faster. Raises `ValueError` when even the cheapest actions cost more than ``budget``.
+    question's upper concave hull, in time linear in the number of questions;
+    ``"bisection"`` bisects on the price (60 steps) and splits between the allocations on each
+    side of the final bracket. Both give the LP optimum; the first is faster. Raises
+    `ValueError` when even the cheapest actions cost more than ``budget``.
 
     Two questions, actions cost 1 and 3. The first gains 0.4 from the dearer action, the
     second 0.1, so at budget 2 only the first is upgraded (price 0.2 = 0.4 / 2):

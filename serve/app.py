@@ -24,8 +24,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
@@ -36,6 +36,7 @@ from online.artifact import WarmStart
 from online.controller import DualController
 from online.datasets import load_dataset
 from online.features import question_features
+from online.history import ControllerHistory
 from online.learner import Learner
 from online.price_view import PriceView
 from online.samples import Question, read_samples
@@ -52,6 +53,7 @@ from serve.api import (
     json_body_schema,
     parse_body,
 )
+from serve.dashboard import render_stats_page, stats_format
 from serve.ingest import (
     JSON_LINES,
     MSGPACK,
@@ -126,6 +128,8 @@ class DualControllerDeployment:
         self._feedback = {"received": 0, "with_answer": 0, "correct": 0}
         self._dirty = False
         self._restore()
+        self._history = ControllerHistory(interval_s=1.0, max_points=3600)
+        self._history.start(self._controller.actions_)
         self._saver: asyncio.Task[None] | None = None
         if self._settings.state_path:
             if self._settings.snapshot_interval_s > 0:
@@ -206,7 +210,10 @@ class DualControllerDeployment:
                 self._save()
             except OSError:
                 logger.exception("controller snapshot to %s failed", self._settings.state_path)
-        return self._controller.settings()
+        state = self._controller.settings()
+        state["window_mean_cost"] = self._controller.window_mean_cost
+        self._history.observe(state, self._controller.actions_)
+        return state
 
     async def settings(self) -> dict[str, Any]:
         return self._controller.settings()
@@ -237,6 +244,10 @@ class DualControllerDeployment:
         out = self._controller.stats()
         out["feedback"] = dict(self._feedback)
         return out
+
+    async def history(self) -> list[dict[str, Any]]:
+        """Return the points of `ControllerHistory`, oldest first (one per second at most)."""
+        return self._history.points()
 
 
 @serve.deployment(name="ReplayBackend", num_replicas=1, ray_actor_options={"num_cpus": 0})
@@ -357,6 +368,7 @@ class Gateway:
         self._flush_now = asyncio.Event()
         # Solves of streams whose client went away, kept referenced until they finish.
         self._detached: set[asyncio.Task[Any]] = set()
+        self._render_lock = asyncio.Lock()
         self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
 
     async def __del__(self) -> None:
@@ -376,6 +388,7 @@ class Gateway:
         self._price.acknowledge(batch)
         self._price.publish(state)
         self._metrics.set_price(self._price.budget, self._price.price())
+        self._metrics.set_moving_cost(state["window_mean_cost"])
 
     async def _report_loop(self) -> None:
         """Report at least every ``report_interval_s``, sooner when a batch is full."""
@@ -634,9 +647,29 @@ class Gateway:
         self._metrics.set_price(self._price.budget, self._price.price())
         return JSONResponse(state)
 
-    @api.get("/v1/stats")
-    async def stats(self) -> JSONResponse:
-        return JSONResponse(await self._controller.stats.remote())
+    @api.get("/v1/stats", response_model=None)
+    async def stats(
+        self,
+        request: Request,
+        format_: str | None = Query(
+            None,
+            alias="format",
+            description="'json' or 'html'; without it a browser's Accept header gets HTML",
+        ),
+    ) -> JSONResponse | HTMLResponse:
+        chosen = stats_format(format_, request.headers.get("accept"))
+        stats = await self._controller.stats.remote()
+        headers = {"Vary": "Accept"}
+        if chosen == "json":
+            return JSONResponse(stats, headers=headers)
+        history = await self._controller.history.remote()
+        # One render at a time per replica, in a thread, so that the event loop keeps serving.
+        async with self._render_lock:
+            page = await asyncio.to_thread(render_stats_page, stats, history)
+        logger.debug("stats page with %d points rendered in %.1f ms", len(history), page.render_ms)
+        headers["Cache-Control"] = "no-store"
+        headers["Server-Timing"] = f"render;dur={page.render_ms:.1f}"
+        return HTMLResponse(page.html, headers=headers)
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:

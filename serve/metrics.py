@@ -25,7 +25,7 @@ def _tag_keys(*keys: str) -> Any:
 
 
 class GatewayMetrics:
-    """Requests by action, cost per request, budget, price, backend errors and latency.
+    """Requests by action, cost per request, budget, price, moving cost, errors and latency.
 
     ``route`` is ``solve``, ``chat`` or ``stream`` (one per record), ``action`` an action name
     such as ``vote@3``, and ``error_type`` the ``error.type`` sent to the client, such as
@@ -64,6 +64,11 @@ class GatewayMetrics:
             description="Price of compute in this gateway replica's view, after its own "
             "unreported requests.",
         )
+        self.moving_cost = Gauge(
+            "ttc_moving_cost",
+            description="Mean cost of the controller's last window of requests, as of this "
+            "gateway replica's last report.",
+        )
 
     def record_request(self, route: str, action: str, cost: float, latency_ms: float) -> None:
         self.requests.inc(tags={"route": route, "action": action})
@@ -77,3 +82,6 @@ class GatewayMetrics:
     def set_price(self, budget: float, lambda_: float) -> None:
         self.budget.set(budget)
         self.lambda_.set(lambda_)
+
+    def set_moving_cost(self, window_mean_cost: float) -> None:
+        self.moving_cost.set(window_mean_cost)

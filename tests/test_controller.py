@@ -262,3 +262,16 @@ def test_price_view_resends_a_batch_until_acknowledged() -> None:
     batch, report = view.next_batch()
     assert batch == first[0] + 1
     assert report == [(2.0, "vote@3")]
+
+
+def test_stats_count_requests_per_source() -> None:
+    controller = DualController(budget=2.0, step_size=0.5, price_scale=0.1)
+    controller.report([(3.0, "vote@3"), (1.0, "vote@1")], "gateway-a", batch=1)
+    controller.report([(5.0, "vote@5")], "gateway-b", batch=1)
+    controller.report([], "gateway-b", batch=2)  # an empty report only marks the source active
+    controller.report([(5.0, "vote@5")], "gateway-b", batch=1)  # a resent copy: dropped
+    stats = controller.stats()
+    assert stats["sources"] == {"gateway-a": 2, "gateway-b": 1}
+    assert stats["active_sources"] == 2
+    assert stats["requests"] == 3
+    assert stats["window_mean_cost"] == pytest.approx(3.0)

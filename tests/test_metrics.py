@@ -63,7 +63,10 @@ async def test_metrics_exported(service_url: str) -> None:
                 for s in found.get("ray_ttc_backend_errors_total", [])
                 if s.labels["error_type"] == "backend_rejected"
             ]
-            if (chat_requests and rejected) or loop.time() > deadline:
+            # The gauge follows the controller's reply to a report, up to 50 ms after a request.
+            moving_cost = [s.value for s in found.get("ray_ttc_moving_cost", [])]
+            counted = any(value > 0 for value in moving_cost)
+            if (chat_requests and rejected and counted) or loop.time() > deadline:
                 break
             await asyncio.sleep(1.0)
 
@@ -75,3 +78,4 @@ async def test_metrics_exported(service_url: str) -> None:
     assert any(s.value >= 1 for s in found["ray_ttc_request_latency_ms_count"])
     assert all(s.value > 0 for s in found["ray_ttc_budget"])
     assert all(s.value >= 0 for s in found["ray_ttc_lambda"])
+    assert any(value > 0 for value in moving_cost), moving_cost
