@@ -267,6 +267,7 @@ class ReplayDeployment:
             latency_ms=s.latency_ms,
             latency_per_sample_ms=s.latency_per_sample_ms,
             faults=s.faults,
+            honours_n=s.honours_n,
         )
         await self._backend.start(s.host, s.port)
 
@@ -463,31 +464,48 @@ class Gateway:
         """
         started = time.perf_counter()
         try:
-            solved = await self._decide_and_sample(question, request_id, metadata)
+            solved = await self._decide_and_sample(route, question, request_id, metadata)
         except ApiError as exc:
             latency_ms = (time.perf_counter() - started) * 1000
             self._metrics.record_backend_error(route, exc.kind, latency_ms)
             raise
         latency_ms = (time.perf_counter() - started) * 1000
-        self._metrics.record_request(route, solved["action"]["name"], solved["cost"], latency_ms)
+        money = self._settings.backend.money(**solved["usage"])
+        if money is not None:
+            solved["money"] = money
+        self._metrics.record_request(
+            route, solved["action"]["name"], solved["cost"], latency_ms, money
+        )
         self._metrics.set_price(self._price.budget, self._price.price())
         return solved
 
+    async def _sample(self, route: str, question: str, n: int, seed: int | None) -> SampleResult:
+        """Draw and vote through the worker pool, counting the retries its calls made."""
+        try:
+            result = await self._pool.sample(question, n, seed=seed)
+        except BackendError as exc:
+            self._metrics.record_retries(route, exc.retries)
+            raise
+        self._metrics.record_retries(route, result.retries)
+        return result
+
     async def _decide_and_sample(
-        self, question: str, request_id: str, metadata: dict[str, Any] | None
+        self, route: str, question: str, request_id: str, metadata: dict[str, Any] | None
     ) -> dict[str, Any]:
         """Decide the action at the price, reserve its cost, sample, vote and record the cost."""
         features = question_features(question, metadata)
         decided_at = self._price.price()
         seed = zlib.crc32(request_id.encode()) if self._settings.seed_from_id else None
         if isinstance(self._policy, SequentialPolicy):
-            return await self._solve_in_rounds(question, request_id, features, decided_at, seed)
+            return await self._solve_in_rounds(
+                route, question, request_id, features, decided_at, seed
+            )
         index = self._policy.decide_one(features, decided_at)
         action = self._actions[index]
 
         ticket = self._price.reserve(float(action.samples))
         try:
-            result = await self._pool.sample(question, action.samples, seed=seed)
+            result = await self._sample(route, question, action.samples, seed)
         except BackendError as exc:
             # The backend's message may echo the question, so it is logged at DEBUG only.
             logger.warning("request %s failed at the backend, status %s", request_id, exc.status)
@@ -520,6 +538,7 @@ class Gateway:
 
     async def _solve_in_rounds(
         self,
+        route: str,
         question: str,
         request_id: str,
         features: dict[str, float],
@@ -543,7 +562,7 @@ class Gateway:
             requested = policy.rungs_[rung] - len(keys)
             round_seed = None if seed is None else (seed + len(rounds)) & 0xFFFFFFFF
             try:
-                result = await self._pool.sample(question, requested, seed=round_seed)
+                result = await self._sample(route, question, requested, round_seed)
             except BackendError as exc:
                 billed += exc.billed_samples
                 logger.warning(
@@ -592,6 +611,9 @@ class Gateway:
 
     def _bill(self, ticket: int, cost: float, action: str) -> None:
         """Record a finished request's billed cost, and report at once when a batch is full."""
+        # NOTE: the controller's budget is in samples even when backend token prices are set, so
+        # `money` is reported but not steered. A money budget would pass the request's money
+        # here and need the policy's cost curve and the action costs in money as well.
         self._price.complete(ticket, cost, action)
         if self._price.unreported >= self._settings.report_batch:
             self._flush_now.set()

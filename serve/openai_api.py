@@ -16,7 +16,8 @@ def chat_completion(solved: dict[str, Any], created: int) -> dict[str, Any]:
     The message is the text of a sample whose answer won the vote, or an empty string when no
     sample had an answer that could be extracted. ``usage`` adds up the token counts that the LLM
     server reported for the request's calls (one per round). ``allocation`` is the service's own
-    field, with what ``/v1/solve`` reports besides the text. ``created`` is in Unix seconds.
+    field, with what ``/v1/solve`` reports besides the text (``money`` only when the backend has
+    token prices). ``created`` is in Unix seconds.
 
     >>> solved = {"id": "chatcmpl-1", "answer": "51", "text": "... 51", "cost": 3.0,
     ...           "action": {"name": "vote@3", "samples": 3}, "samples_used": 3,
@@ -27,6 +28,8 @@ def chat_completion(solved: dict[str, Any], created: int) -> dict[str, Any]:
     ('... 51', 120)
     >>> reply["allocation"]["action"]["samples"], reply["allocation"]["cost"]
     (3, 3.0)
+    >>> chat_completion({**solved, "money": 0.0012}, 1700000000)["allocation"]["money"]
+    0.0012
     """
     prompt_tokens = int(solved["usage"]["prompt_tokens"])
     completion_tokens = int(solved["usage"]["completion_tokens"])
@@ -34,6 +37,8 @@ def chat_completion(solved: dict[str, Any], created: int) -> dict[str, Any]:
         key: solved[key]
         for key in ("answer", "action", "samples_used", "cost", "lambda", "votes", "rounds")
     }
+    if "money" in solved:
+        allocation["money"] = solved["money"]
     return {
         "id": solved["id"],
         "object": "chat.completion",

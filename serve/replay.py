@@ -12,6 +12,8 @@ Endpoints:
   recorded samples, the response has all of them (fewer ``choices`` than ``n``) and the header
   ``X-Replay-Samples-Available`` with the recorded count. ``temperature`` (>= 0), ``seed`` and
   ``max_tokens`` (>= 1) are validated, but ``max_tokens`` does not truncate a recorded reply.
+  With ``honours_n=False`` the server acts like one that ignores ``n``: every call returns and
+  bills one choice, whatever ``n`` requests.
   Requests with ``"stream": true`` are rejected because streaming is not implemented. Any
   ``model`` name is accepted and echoed back. Bodies over `MAX_BODY_BYTES` get a 413 error.
 - ``GET /v1/models`` lists the served model name, ``GET /healthz`` returns ``ok``.
@@ -376,6 +378,7 @@ class ReplayBackend:
         latency_per_sample_ms: float = 0.0,
         model_name: str = DEFAULT_MODEL_NAME,
         faults: FaultSettings | None = None,
+        honours_n: bool = True,
     ) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an integer, got {seed!r}")
@@ -387,6 +390,7 @@ class ReplayBackend:
             "latency_per_sample_ms", latency_per_sample_ms
         )
         self.model_name = model_name
+        self.honours_n = bool(honours_n)
         self._index = self._build_index(questions)
         self._rng = random.Random(seed)
         self._runner: web.AppRunner | None = None
@@ -545,7 +549,7 @@ class ReplayBackend:
         self._counts["requests"] += 1
         chat = _parse_request(await request.read())
         entry = self._lookup(chat.messages)
-        n = 1 if chat.n is None else chat.n
+        n = 1 if chat.n is None or not self.honours_n else chat.n
         picks = self._draw(entry, n, chat.seed)
         fault = self._faults.draw()
         if fault is not None:
@@ -781,6 +785,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     faults.add_argument("--fault-seed", type=int, default=0, help="seed of the fault draws")
     parser.add_argument(
+        "--ignore-n",
+        action="store_true",
+        help="return and bill one choice per call whatever n requests, as some servers do",
+    )
+    parser.add_argument(
         "--model-name",
         default=DEFAULT_MODEL_NAME,
         help="model name listed by /v1/models (default %(default)s)",
@@ -842,6 +851,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "latency_per_sample_ms": args.latency_per_sample_ms,
         "model_name": args.model_name,
         "faults": faults,
+        "honours_n": not args.ignore_n,
     }
     try:
         questions = _load_datasets(args.dataset)

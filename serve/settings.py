@@ -25,6 +25,11 @@ class ReplaySettings(BaseModel):
     latency_ms: float = Field(10.0, ge=0, description="delay per call in milliseconds")
     latency_per_sample_ms: float = Field(0.0, ge=0, description="extra delay per sample drawn")
     seed: int = Field(0, description="seed of the sample draws")
+    honours_n: bool = Field(
+        True,
+        description="return n choices per call; false returns and bills one choice per call, "
+        "like a server that ignores n",
+    )
     faults: FaultSettings = Field(
         default_factory=FaultSettings,  # type: ignore[arg-type]
         description="injected faults; none by default",

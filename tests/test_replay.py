@@ -20,6 +20,7 @@ import pytest
 from online.answers import canonical_key, extract_answer
 from online.datasets import DATASETS, dataset_path
 from online.samples import Question, Sample, read_samples, write_samples
+from serve.faults import BILLED_SAMPLES_HEADER
 from serve.replay import (
     MAX_BODY_BYTES,
     MAX_N,
@@ -153,6 +154,26 @@ async def test_n_beyond_recorded_returns_all(backend, session):
     assert len(payload["choices"]) == 3
     assert len(set(contents(payload))) == 3
     assert headers[SAMPLES_AVAILABLE_HEADER] == "3"
+
+
+async def test_n_ignored_when_not_honoured(samples_file, session):
+    server = await started(
+        ReplayBackend.from_files([samples_file], seed=0, latency_ms=0, honours_n=False)
+    )
+    try:
+        status, payload, headers = await post_chat(session, server.url, chat_body(APPLES, n=5))
+        invalid, _, _ = await post_chat(session, server.url, chat_body(APPLES, n=MAX_N + 1))
+    finally:
+        await server.stop()
+    assert status == 200
+    assert len(payload["choices"]) == 1
+    assert headers[BILLED_SAMPLES_HEADER] == "1"
+    assert SAMPLES_AVAILABLE_HEADER not in headers
+    assert invalid == 400
+    stats = server.stats()
+    assert stats["choices"] == 1
+    assert stats["short_completions"] == 0
+    assert payload["usage"]["completion_tokens"] == stats["completion_tokens"]
 
 
 async def test_n_at_maximum_accepted(backend, session):
