@@ -10,6 +10,10 @@ A request reserves its expected cost when it is dispatched, and the step is corr
 difference when its measured cost arrives, so a burst of concurrent requests moves the price
 before any of them finishes. A new budget jumps the price to the policy's cost curve and counts
 the requests still in flight against the new budget.
+
+The controller also owns the exploration rate ``explore``: the fraction of requests that run
+the largest action as a probe to train the policy. Probes are billed and counted like any
+request, so the budget holds as long as it covers them (see `DualController.budget_floor`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import msgpack
 
 from online.cost_curve import CostCurve
 
-__all__ = ["DualController", "validate_budget"]
+__all__ = ["DualController", "SettingError", "validate_budget", "validate_explore"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +40,17 @@ UpdateRule = Literal["additive", "multiplicative"]
 
 SOURCE_TTL_S = 30.0
 """An allocator that has not reported for this long no longer counts as active."""
-_SNAPSHOT_VERSION = 1
+# Version 2 added ``explore``. A version 1 snapshot keeps the exploration rate it is loaded into.
+_SNAPSHOT_VERSION = 2
+_SNAPSHOT_VERSIONS = (1, 2)
+
+
+class SettingError(ValueError):
+    """An invalid value of the live setting ``field``: ``budget``, ``step_size`` or ``explore``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def validate_budget(budget: Any, min_budget: float = 0.0) -> float:
@@ -53,6 +67,18 @@ def validate_budget(budget: Any, min_budget: float = 0.0) -> float:
             f"got {budget!r}"
         )
     return value
+
+
+def validate_explore(explore: Any) -> float:
+    """Return ``explore`` as a float, or raise `ValueError` unless it is a number in [0, 1).
+
+    A rate of 1 would leave no request to the policy, so it is excluded.
+    """
+    if isinstance(explore, bool) or not isinstance(explore, int | float):
+        raise ValueError(f"explore must be a number in [0, 1), got {explore!r}")
+    if not (math.isfinite(explore) and 0 <= explore < 1):
+        raise ValueError(f"explore must be a number in [0, 1), got {explore!r}")
+    return float(explore)
 
 
 class DualController:
@@ -76,6 +102,11 @@ class DualController:
         Name of the cost unit, reported with the budget.
     min_budget
         Smallest budget accepted: the cost of the cheapest action.
+    explore
+        Fraction of requests that allocators run as exploration probes, in [0, 1).
+    probe_cost
+        Cost of a probe (the largest action). None when the served policy does not learn from
+        probes, and then ``explore`` must be 0.
 
     Examples
     --------
@@ -99,9 +130,13 @@ class DualController:
         window: int = 500,
         unit: str = "samples",
         min_budget: float = 0.0,
+        explore: float = 0.0,
+        probe_cost: float | None = None,
     ) -> None:
         self.min_budget = float(min_budget)
-        self.budget = validate_budget(budget, self.min_budget)
+        self.probe_cost = None if probe_cost is None else float(probe_cost)
+        self.explore = self._checked_explore(explore)
+        self.budget = self._checked_budget(budget, self.explore)
         self.cost_curve = cost_curve
         self.step_size = self._validate_step(step_size)
         if not (math.isfinite(price_scale) and price_scale > 0):
@@ -125,6 +160,8 @@ class DualController:
         self.source_requests_: dict[str, int] = {}
         # Last report batch applied from each source, so that a resent copy is dropped.
         self._batches: dict[str, int] = {}
+        # Each source's running totals of probes and labels learned, as it last reported them.
+        self._learning: dict[str, dict[str, int]] = {}
 
     @staticmethod
     def _validate_step(step_size: Any) -> float:
@@ -133,6 +170,47 @@ class DualController:
         if not (math.isfinite(step_size) and step_size > 0):
             raise ValueError(f"step_size must be a positive finite number, got {step_size!r}")
         return float(step_size)
+
+    def _checked_explore(self, explore: Any) -> float:
+        try:
+            value = validate_explore(explore)
+        except ValueError as exc:
+            raise SettingError("explore", str(exc)) from None
+        if value > 0 and self.probe_cost is None:
+            raise SettingError(
+                "explore",
+                f"explore must be 0 because the served policy does not learn from probes, "
+                f"got {explore!r}",
+            )
+        return value
+
+    def _checked_budget(self, budget: Any, explore: float) -> float:
+        try:
+            value = validate_budget(budget, self.min_budget)
+        except ValueError as exc:
+            raise SettingError("budget", str(exc)) from None
+        floor = self.budget_floor(explore)
+        if value < floor:
+            raise SettingError(
+                "budget",
+                f"budget must be at least {floor:g} at explore {explore:g}, because probes cost "
+                f"{self.probe_cost:g} and other requests at least {self.min_budget:g}, "
+                f"got {budget!r}",
+            )
+        return value
+
+    def budget_floor(self, explore: float) -> float:
+        """Return the lowest mean cost reachable at exploration rate ``explore``.
+
+        Probes cost ``probe_cost`` and every other request at least ``min_budget``. Below this
+        floor the budget cannot be met, and the price would rise without end.
+
+        >>> DualController(3.0, min_budget=1.0, probe_cost=15.0).budget_floor(0.05)
+        1.7
+        """
+        if explore == 0 or self.probe_cost is None:
+            return self.min_budget
+        return explore * self.probe_cost + (1 - explore) * self.min_budget
 
     def _warm_price(self, budget: float) -> float:
         if self.cost_curve is None:
@@ -158,16 +236,23 @@ class DualController:
         source: str = "local",
         now_s: float | None = None,
         batch: int | None = None,
+        learning: dict[str, int] | None = None,
     ) -> bool:
         """Record requests that allocator ``source`` decided on its own view of the price.
 
         Each ``(cost, action)`` steps the price by ``cost - budget``, as `complete` does for a
         request that reserved nothing here. ``now_s`` (monotonic seconds) dates the report for
         `active_sources`. ``batch`` numbers a source's reports from 1 up: a batch no later than
-        the last one applied from that source is a copy sent again, and is dropped. Returns
-        whether the report was applied.
+        the last one applied from that source is a copy sent again, and is dropped. ``learning``
+        contains the source's running totals ``probes`` and ``labels_learned``, which replace
+        the ones it reported before. Returns whether the report was applied.
         """
         self._sources[source] = time.monotonic() if now_s is None else now_s
+        if learning is not None:
+            self._learning[source] = {
+                "probes": int(learning.get("probes", 0)),
+                "labels_learned": int(learning.get("labels_learned", 0)),
+            }
         if batch is not None:
             if batch <= self._batches.get(source, 0):
                 return False
@@ -194,6 +279,7 @@ class DualController:
             "price_scale": self.price_scale,
             "rule": self.rule,
             "replicas": self.active_sources(now_s),
+            "explore": self.explore,
         }
 
     def reserve(self, expected_cost: float) -> int:
@@ -239,7 +325,9 @@ class DualController:
 
         Requests in flight count against the new budget, because they finish after the change.
         """
-        new = validate_budget(budget, self.min_budget)
+        self._retarget(self._checked_budget(budget, self.explore))
+
+    def _retarget(self, new: float) -> None:
         old, old_lambda = self.budget, self.lambda_
         self.budget = new
         self.lambda_ = self._warm_price(new)
@@ -256,10 +344,51 @@ class DualController:
         )
 
     def set_step_size(self, step_size: float) -> None:
-        old = self.step_size
-        self.step_size = self._validate_step(step_size)
-        if old != self.step_size:
-            logger.info("step_size changed from %s to %s", old, self.step_size)
+        self.configure(step_size=step_size)
+
+    def configure(
+        self, budget: Any = None, step_size: Any = None, explore: Any = None
+    ) -> dict[str, float]:
+        """Change any of the budget, the step size and the exploration rate, all or none.
+
+        None leaves a setting as it is. The budget must reach `budget_floor` at the new rate.
+        Raises `SettingError` for the first invalid value, and then changes nothing. A budget
+        that differs from the current one retargets as `set_budget` does. Returns the settings
+        that changed, with their new values.
+        """
+        new_explore = self.explore if explore is None else self._checked_explore(explore)
+        new_step = self.step_size
+        if step_size is not None:
+            try:
+                new_step = self._validate_step(step_size)
+            except ValueError as exc:
+                raise SettingError("step_size", str(exc)) from None
+        if budget is not None:
+            new_budget = self._checked_budget(budget, new_explore)
+        elif self.budget < self.budget_floor(new_explore):
+            # Above the floor only when probing is possible, so probe_cost is set here.
+            probe_cost = float(self.probe_cost or 0.0)
+            highest = (self.budget - self.min_budget) / (probe_cost - self.min_budget)
+            raise SettingError(
+                "explore",
+                f"explore must be at most {highest:.4g} at budget {self.budget:g}, because "
+                f"probes cost {probe_cost:g} and other requests at least "
+                f"{self.min_budget:g}, got {explore!r}",
+            )
+        else:
+            new_budget = self.budget
+
+        changed: dict[str, float] = {}
+        if new_step != self.step_size:
+            logger.info("step_size changed from %s to %s", self.step_size, new_step)
+            self.step_size = changed["step_size"] = new_step
+        if new_explore != self.explore:
+            logger.info("explore changed from %s to %s", self.explore, new_explore)
+            self.explore = changed["explore"] = new_explore
+        if new_budget != self.budget:
+            self._retarget(new_budget)
+            changed["budget"] = new_budget
+        return changed
 
     @property
     def in_flight(self) -> int:
@@ -270,8 +399,18 @@ class DualController:
         """Mean cost of the last ``window`` requests; 0 before the first request."""
         return sum(self.window_) / len(self.window_) if self.window_ else 0.0
 
-    def stats(self) -> dict[str, Any]:
-        """Return the counters that ``GET /v1/stats`` reports."""
+    def stats(self, now_s: float | None = None) -> dict[str, Any]:
+        """Return the counters that ``GET /v1/stats`` reports.
+
+        ``probes`` and ``labels_learned`` add up the running totals of the allocators active
+        within `SOURCE_TTL_S` of ``now_s`` (monotonic seconds).
+        """
+        now = time.monotonic() if now_s is None else now_s
+        active = [
+            totals
+            for source, totals in self._learning.items()
+            if now - self._sources.get(source, -math.inf) <= SOURCE_TTL_S
+        ]
         return {
             "requests": self.requests_,
             "total_cost": self.total_cost_,
@@ -288,8 +427,12 @@ class DualController:
                 else 0.0
             ),
             "actions": dict(self.actions_),
-            "active_sources": self.active_sources(),
+            "active_sources": self.active_sources(now),
             "sources": dict(self.source_requests_),
+            "step_size": self.step_size,
+            "explore": self.explore,
+            "probes": sum(totals["probes"] for totals in active),
+            "labels_learned": sum(totals["labels_learned"] for totals in active),
         }
 
     def snapshot(self, extra: dict[str, Any] | None = None) -> bytes:
@@ -300,6 +443,7 @@ class DualController:
                 "budget": self.budget,
                 "lambda": self.lambda_,
                 "step_size": self.step_size,
+                "explore": self.explore,
                 "rule": self.rule,
                 "requests": self.requests_,
                 "total_cost": self.total_cost_,
@@ -315,14 +459,23 @@ class DualController:
     def restore(self, blob: bytes) -> dict[str, Any]:
         """Load a state written by `snapshot` and return its ``extra``.
 
-        Requests in flight when the snapshot was taken are forgotten.
+        Requests in flight when the snapshot was taken are forgotten. A version 1 snapshot has
+        no exploration rate and keeps the current one. A rate above 0 restored into a controller
+        whose policy does not probe (``probe_cost`` None) is set to 0, with a warning.
         """
         state = msgpack.unpackb(blob)
-        if not isinstance(state, dict) or state.get("version") != _SNAPSHOT_VERSION:
+        if not isinstance(state, dict) or state.get("version") not in _SNAPSHOT_VERSIONS:
             raise ValueError("not a controller snapshot of a known version")
         self.budget = validate_budget(state["budget"])
         self.lambda_ = float(state["lambda"])
         self.step_size = self._validate_step(state["step_size"])
+        explore = validate_explore(state.get("explore", self.explore))
+        if explore > 0 and self.probe_cost is None:
+            logger.warning(
+                "snapshot has explore %s, but the policy does not probe; using 0", explore
+            )
+            explore = 0.0
+        self.explore = explore
         self.rule = state["rule"]
         self.requests_ = int(state["requests"])
         self.total_cost_ = float(state["total_cost"])

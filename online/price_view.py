@@ -46,6 +46,7 @@ class PriceView:
         )
         self._published = float(state["lambda"])
         self._replicas = int(state.get("replicas", 1))
+        self._explore = float(state.get("explore", 0.0))
         self._in_flight: dict[int, float] = {}
         self._unreported: list[tuple[float, str]] = []
         self._tickets = itertools.count()
@@ -60,11 +61,17 @@ class PriceView:
         self._reference.rule = state["rule"]
         self._published = float(state["lambda"])
         self._replicas = int(state.get("replicas", 1))
+        self._explore = float(state.get("explore", 0.0))
 
     @property
     def budget(self) -> float:
         """Budget of the controller's last published state."""
         return self._reference.budget
+
+    @property
+    def explore(self) -> float:
+        """Exploration rate of the controller's last published state (0 when it has none)."""
+        return self._explore
 
     def price(self) -> float:
         """Return the controller's price moved by this replica's unreported requests."""

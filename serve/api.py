@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "BudgetRequest",
     "ChatCompletionRequest",
     "ChatMessage",
+    "ConfigRequest",
     "FeedbackRequest",
     "SolveRequest",
     "StreamRecord",
@@ -154,6 +156,41 @@ class BudgetRequest(BaseModel):
     budget: float = Field(
         ..., gt=0, allow_inf_nan=False, strict=True, description="mean cost per request"
     )
+
+
+class ConfigRequest(BaseModel):
+    """``PUT /v1/config``: new values of any of the controller's live settings.
+
+    A field left out or null keeps its value. Unknown fields are rejected, so that a misspelt
+    setting is not ignored.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    budget: float | None = Field(
+        None, gt=0, allow_inf_nan=False, strict=True, description="mean cost per request"
+    )
+    step_size: float | None = Field(
+        None, gt=0, allow_inf_nan=False, strict=True, description="dual step, dimensionless"
+    )
+    explore: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        allow_inf_nan=False,
+        strict=True,
+        description="fraction of requests that run the largest action as a probe",
+    )
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ConfigRequest:
+        if not self.changes():
+            raise ValueError("set at least one of budget, step_size, explore")
+        return self
+
+    def changes(self) -> dict[str, float]:
+        """Return the settings to change, without the fields left out."""
+        return self.model_dump(exclude_none=True)
 
 
 class ChatMessage(BaseModel):

@@ -3,13 +3,15 @@
 Request path: the gateway validates the request, computes the question's features, takes the
 policy's action at its view of the price (`online.price_view.PriceView`), reserves the action's
 cost in that view, draws and votes the samples through the worker pool, and records the billed
-cost. ``POST /v1/stream`` takes each record of its body down the same path, a bounded number
-at a time (`serve.ingest`). With the sequential policy the gateway draws in rounds instead,
-asking the policy after each round whether more samples pay at the price, and reserves the
-policy's mean cost at that price. Each gateway replica reports finished requests to the
-controller in batches (at least every ``report_interval_s``) and adopts the controller's price
-and budget in return, so no request waits on the controller. The controller is a single replica
-because it owns the price and the budget.
+cost. With probability ``explore`` a request is a probe instead: it runs the largest action, and
+its samples train the policy against their own majority. ``POST /v1/stream`` takes each record
+of its body down the same path, a bounded number at a time (`serve.ingest`). With the
+sequential policy the gateway draws in rounds instead, asking the policy after each round
+whether more samples pay at the price, and reserves the policy's mean cost at that price. Each
+gateway replica reports finished requests to the controller in batches (at least every
+``report_interval_s``) and adopts the controller's price, budget and exploration rate in
+return, so no request waits on the controller. The controller is a single replica because it
+owns the price and the live settings.
 """
 
 import asyncio
@@ -24,6 +26,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
@@ -33,7 +36,7 @@ from ray.serve.handle import DeploymentHandle
 
 from online.answers import answers_match, vote
 from online.artifact import WarmStart
-from online.controller import DualController
+from online.controller import DualController, SettingError
 from online.datasets import load_dataset
 from online.features import question_features
 from online.history import ControllerHistory
@@ -45,6 +48,7 @@ from serve.api import (
     ApiError,
     BudgetRequest,
     ChatCompletionRequest,
+    ConfigRequest,
     FeedbackRequest,
     SolveRequest,
     StreamRecord,
@@ -80,6 +84,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+CONFIG_KEYS = ("budget", "step_size", "explore")
+"""The controller's live settings, which ``user_config`` and ``PUT /v1/config`` change."""
+
 api = FastAPI(title="ttc-allocator", summary="Budgeted test-time compute allocation")
 
 
@@ -103,17 +110,19 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logging_config={"enable_access_log": False},
 )
 class DualControllerDeployment:
-    """Owns the price, the budget and the cost totals; snapshots them when a path is set.
+    """Owns the price, the live settings and the cost totals; snapshots them when a path is set.
 
-    ``user_config`` keys: ``budget`` and ``step_size``. A ``user_config`` budget is applied when
-    it differs from the one applied last, so a replica restarted with an unchanged config keeps
-    a budget set through the API since then (restored from the snapshot).
+    ``user_config`` keys: ``budget``, ``step_size`` and ``explore`` (see `CONFIG_KEYS`). A
+    ``user_config`` value is applied when it differs from the one applied from ``user_config``
+    last, so a replica restarted with an unchanged config keeps the values set through the API
+    since then (restored from the snapshot).
     """
 
     async def __init__(self, settings: dict[str, Any]) -> None:  # type: ignore[misc]
         self._settings = ControllerSettings.model_validate(settings)
         warm = WarmStart.load(self._settings.artifact)
         entry = warm.entry(self._settings.policy)
+        probes = self._settings.policy != "sequential"
         self._controller = DualController(
             budget=self._settings.budget,
             cost_curve=entry.cost_curve,
@@ -123,8 +132,12 @@ class DualControllerDeployment:
             window=self._settings.window,
             unit=warm.unit,
             min_budget=float(warm.actions.sample_counts[0]),
+            explore=self._settings.explore,
+            probe_cost=float(warm.actions.max_samples) if probes else None,
         )
-        self._config_budget: float | None = None
+        # The values applied from user_config last, by key, and why the last one was rejected.
+        self._user_config: dict[str, float] = {}
+        self._user_config_error: str | None = None
         self._feedback = {"received": 0, "with_answer": 0, "correct": 0}
         self._dirty = False
         self._restore()
@@ -137,11 +150,13 @@ class DualControllerDeployment:
         else:
             logger.warning("controller state_path not set: lambda and totals are lost on restart")
         logger.info(
-            "controller started: budget %s %s, lambda %.6g, rule %s",
+            "controller started: budget %s %s, lambda %.6g, rule %s, step_size %s, explore %s",
             self._controller.budget,
             warm.unit,
             self._controller.lambda_,
             self._controller.rule,
+            self._controller.step_size,
+            self._controller.explore,
         )
 
     def _restore(self) -> None:
@@ -155,18 +170,26 @@ class DualControllerDeployment:
             logger.info("no controller snapshot at %s; starting fresh", path)
             return
         extra = self._controller.restore(blob)
-        self._config_budget = extra.get("config_budget")
+        applied = extra.get("user_config")
+        if applied is None:
+            # Snapshots written before step_size and explore were live settings.
+            budget = extra.get("config_budget")
+            applied = {} if budget is None else {"budget": budget}
+        self._user_config = dict(applied)
         logger.info(
-            "controller restored from %s: budget %s, lambda %.6g, %d requests",
+            "controller restored from %s: budget %s, lambda %.6g, step_size %s, explore %s, "
+            "%d requests",
             path,
             self._controller.budget,
             self._controller.lambda_,
+            self._controller.step_size,
+            self._controller.explore,
             self._controller.requests_,
         )
 
     def _save(self) -> None:
         if self._settings.state_path:
-            extra = {"config_budget": self._config_budget}
+            extra = {"user_config": self._user_config}
             self._controller.save(self._settings.state_path, extra)
             self._dirty = False
 
@@ -180,28 +203,51 @@ class DualControllerDeployment:
                     logger.exception("controller snapshot to %s failed", self._settings.state_path)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        unknown = set(user_config) - {"budget", "step_size"}
+        """Apply the ``user_config`` values that differ from those it applied last.
+
+        An unknown key or an invalid value applies no value of ``user_config``. The error, which
+        names the key and the value, is logged and returned by `get_config` as
+        ``user_config_error`` until a valid ``user_config`` arrives.
+        """
+        # NOTE: raising would fail the deploy, but Serve then replaces this replica with ones that
+        # fail the same way. Tried on Ray 2.60 by redeploying the application with serve.run,
+        # requests then timed out until the next valid deploy, which started a fresh controller.
+        unknown = sorted(set(user_config) - set(CONFIG_KEYS))
+        changes = {
+            key: value
+            for key, value in user_config.items()
+            if value is not None and value != self._user_config.get(key)
+        }
+        error = None
         if unknown:
-            raise ValueError(
-                f"unknown user_config keys {sorted(unknown)}; allowed: budget, step_size"
-            )
-        if "step_size" in user_config:
-            self._controller.set_step_size(user_config["step_size"])
-        budget = user_config.get("budget")
-        if budget is not None and budget != self._config_budget:
-            self._controller.set_budget(budget)
-            self._config_budget = float(budget)
+            error = f"unknown user_config keys {unknown}, allowed: {', '.join(CONFIG_KEYS)}"
+        else:
+            try:
+                self._controller.configure(**changes)
+            except SettingError as exc:
+                error = f"user_config key {exc.field!r}: {exc}"
+        self._user_config_error = error
+        if error is not None:
+            logger.error("%s. No user_config value was applied; fix it and deploy again", error)
+            return
+        if changes:
+            self._user_config.update({key: float(value) for key, value in changes.items()})
             self._save()
 
     async def report(
-        self, finished: list[tuple[float, str]], source: str, batch: int | None = None
+        self,
+        finished: list[tuple[float, str]],
+        source: str,
+        batch: int | None = None,
+        learning: dict[str, int] | None = None,
     ) -> dict[str, Any]:
         """Record an allocator's finished requests; return the state it should adopt.
 
         An empty report still marks ``source`` as an active allocator. ``batch`` numbers the
         source's reports, so that a copy sent again after a failed reply is dropped.
+        ``learning`` contains the source's running totals ``probes`` and ``labels_learned``.
         """
-        applied = self._controller.report(finished, source, batch=batch)
+        applied = self._controller.report(finished, source, batch=batch, learning=learning)
         self._dirty = self._dirty or (applied and bool(finished))
         if self._dirty and self._settings.snapshot_interval_s == 0:
             # Written before the reply: a replica killed after this write has the report, and
@@ -210,13 +256,18 @@ class DualControllerDeployment:
                 self._save()
             except OSError:
                 logger.exception("controller snapshot to %s failed", self._settings.state_path)
-        state = self._controller.settings()
-        state["window_mean_cost"] = self._controller.window_mean_cost
+        state = self._state()
         self._history.observe(state, self._controller.actions_)
         return state
 
+    def _state(self) -> dict[str, Any]:
+        """Return what a gateway adopts: the controller's settings and its moving mean cost."""
+        state = self._controller.settings()
+        state["window_mean_cost"] = self._controller.window_mean_cost
+        return state
+
     async def settings(self) -> dict[str, Any]:
-        return self._controller.settings()
+        return self._state()
 
     async def get_budget(self) -> dict[str, Any]:
         return {
@@ -224,6 +275,28 @@ class DualControllerDeployment:
             "lambda": self._controller.lambda_,
             "unit": self._controller.unit,
         }
+
+    async def get_config(self) -> dict[str, Any]:
+        return {
+            "budget": self._controller.budget,
+            "step_size": self._controller.step_size,
+            "explore": self._controller.explore,
+            "lambda": self._controller.lambda_,
+            "unit": self._controller.unit,
+            "user_config_error": self._user_config_error,
+        }
+
+    async def set_config(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change any of `CONFIG_KEYS` together.
+
+        An invalid value returns ``{"error": message, "field": key}`` and changes nothing.
+        """
+        try:
+            self._controller.configure(**changes)
+        except SettingError as exc:
+            return {"error": str(exc), "field": exc.field}
+        self._save()
+        return await self.get_config()
 
     async def set_budget(self, budget: float) -> dict[str, Any]:
         """Retarget; an invalid budget returns ``{"error": message}`` and changes nothing."""
@@ -319,6 +392,14 @@ _STREAM_BODY = {
 }
 
 
+def _replica_rank() -> int:
+    """Return this replica's rank in its deployment, or 0 where Ray Serve gives none."""
+    rank = getattr(serve.get_replica_context(), "rank", None)
+    # Ray 2.60 gives a ReplicaRank object, whose ``rank`` is the number.
+    rank = getattr(rank, "rank", rank)
+    return rank if isinstance(rank, int) else 0
+
+
 # Beyond max_ongoing_requests per replica, Serve queues up to max_queued_requests and rejects
 # the rest with 503 and Retry-After, so overload is answered at once instead of piling up.
 @serve.deployment(
@@ -349,6 +430,8 @@ class Gateway:
         if not isinstance(self._policy, SequentialPolicy):
             self._learner = Learner(self._policy)
         self._actions = self._warm.actions
+        self._probe_draws = np.random.default_rng([self._settings.explore_seed, _replica_rank()])
+        self._probes = 0
         self._memory: OrderedDict[str, _Remembered] = OrderedDict()
         if replay is not None:
             url = await replay.ready.remote()
@@ -364,8 +447,10 @@ class Gateway:
         self._source = uuid.uuid4().hex[:12]
         self._started = int(time.time())
         self._metrics = GatewayMetrics()
-        self._price = PriceView(await controller.settings.remote())
-        self._metrics.set_price(self._price.budget, self._price.price())
+        state = await controller.settings.remote()
+        # Starting from explore 0, `_adopt` logs the controller's rate as a change.
+        self._price = PriceView({**state, "explore": 0.0})
+        self._adopt(state)
         self._flush_now = asyncio.Event()
         # Solves of streams whose client went away, kept referenced until they finish.
         self._detached: set[asyncio.Task[Any]] = set()
@@ -385,11 +470,28 @@ class Gateway:
         # A batch that fails (the controller may be restarting) is sent again unchanged, and the
         # controller drops a copy it has already applied.
         batch, report = self._price.next_batch()
-        state = await self._controller.report.remote(report, self._source, batch)
+        learning = {
+            "probes": self._probes,
+            "labels_learned": self._learner.labels_ if self._learner is not None else 0,
+        }
+        state = await self._controller.report.remote(report, self._source, batch, learning)
         self._price.acknowledge(batch)
+        self._adopt(state)
+
+    def _adopt(self, state: dict[str, Any]) -> None:
+        """Take the controller's price, budget, step size and exploration rate."""
+        explore = self._price.explore
         self._price.publish(state)
         self._metrics.set_price(self._price.budget, self._price.price())
         self._metrics.set_moving_cost(state["window_mean_cost"])
+        if self._price.explore == explore:
+            return
+        logger.info("explore changed from %s to %s", explore, self._price.explore)
+        if self._price.explore > 0 and not self._settings.learn_from_feedback:
+            logger.warning(
+                "explore is %s but learn_from_feedback is off: probes are billed and train nothing",
+                self._price.explore,
+            )
 
     async def _report_loop(self) -> None:
         """Report at least every ``report_interval_s``, sooner when a batch is full."""
@@ -500,8 +602,12 @@ class Gateway:
             return await self._solve_in_rounds(
                 route, question, request_id, features, decided_at, seed
             )
-        index = self._policy.decide_one(features, decided_at)
-        action = self._actions[index]
+        explore = self._price.explore
+        probe = explore > 0 and bool(self._probe_draws.random() < explore)
+        if probe:
+            action = self._actions[len(self._actions) - 1]
+        else:
+            action = self._actions[self._policy.decide_one(features, decided_at)]
 
         ticket = self._price.reserve(float(action.samples))
         try:
@@ -515,10 +621,19 @@ class Gateway:
 
         cost = float(result.billed_samples)
         self._bill(ticket, cost, action.name)
+        if probe:
+            self._probes += 1
+            if self._settings.learn_from_feedback and self._learner is not None:
+                self._learner.learn_from_probe(features, result.keys, decided_at)
         remembered = _Remembered(features, result.answer, result.keys, decided_at)
         self._remember(request_id, remembered)
         logger.debug(
-            "request %s: %s, cost %s, answer %s", request_id, action.name, cost, result.answer
+            "request %s: %s, probe %s, cost %s, answer %s",
+            request_id,
+            action.name,
+            probe,
+            cost,
+            result.answer,
         )
         return {
             "id": request_id,
@@ -530,6 +645,7 @@ class Gateway:
             "votes": result.votes,
             "text": result.text,
             "rounds": 1,
+            "probe": probe,
             "usage": {
                 "prompt_tokens": result.prompt_tokens,
                 "completion_tokens": result.completion_tokens,
@@ -603,6 +719,7 @@ class Gateway:
             "votes": voted.counts,
             "text": texts[voted.index] if voted.index is not None else None,
             "rounds": len(rounds),
+            "probe": False,
             "usage": {
                 "prompt_tokens": sum(r.prompt_tokens for r in rounds),
                 "completion_tokens": sum(r.completion_tokens for r in rounds),
@@ -665,8 +782,21 @@ class Gateway:
         state = await self._controller.set_budget.remote(body.budget)
         if "error" in state:
             raise ApiError(422, "invalid_request", f"field 'budget': {state['error']}")
-        self._price.publish(await self._controller.settings.remote())
-        self._metrics.set_price(self._price.budget, self._price.price())
+        self._adopt(await self._controller.settings.remote())
+        return JSONResponse(state)
+
+    @api.get("/v1/config")
+    async def get_config(self) -> JSONResponse:
+        return JSONResponse(await self._controller.get_config.remote())
+
+    @api.put("/v1/config", openapi_extra=json_body_schema(ConfigRequest))
+    async def put_config(self, request: Request) -> JSONResponse:
+        check_admin_token(request, self._admin_token)
+        body = await parse_body(request, ConfigRequest)
+        state = await self._controller.set_config.remote(body.changes())
+        if "error" in state:
+            raise ApiError(422, "invalid_request", f"field '{state['field']}': {state['error']}")
+        self._adopt(await self._controller.settings.remote())
         return JSONResponse(state)
 
     @api.get("/v1/stats", response_model=None)

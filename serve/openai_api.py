@@ -9,6 +9,18 @@ __all__ = ["MODEL_ID", "chat_completion", "model_list"]
 MODEL_ID = "auto"
 """The one model the service lists: the allocator that chooses how many samples to vote."""
 
+# The fields of a /v1/solve reply that a chat completion's ``allocation`` carries.
+_ALLOCATION_KEYS = (
+    "answer",
+    "action",
+    "samples_used",
+    "cost",
+    "lambda",
+    "votes",
+    "rounds",
+    "probe",
+)
+
 
 def chat_completion(solved: dict[str, Any], created: int) -> dict[str, Any]:
     """Return an OpenAI ``chat.completion`` object for one solved question.
@@ -21,7 +33,7 @@ def chat_completion(solved: dict[str, Any], created: int) -> dict[str, Any]:
 
     >>> solved = {"id": "chatcmpl-1", "answer": "51", "text": "... 51", "cost": 3.0,
     ...           "action": {"name": "vote@3", "samples": 3}, "samples_used": 3,
-    ...           "lambda": 0.01, "votes": {"51": 3}, "rounds": 1,
+    ...           "lambda": 0.01, "votes": {"51": 3}, "rounds": 1, "probe": False,
     ...           "usage": {"prompt_tokens": 30, "completion_tokens": 90}}
     >>> reply = chat_completion(solved, 1700000000)
     >>> reply["choices"][0]["message"]["content"], reply["usage"]["total_tokens"]
@@ -33,10 +45,7 @@ def chat_completion(solved: dict[str, Any], created: int) -> dict[str, Any]:
     """
     prompt_tokens = int(solved["usage"]["prompt_tokens"])
     completion_tokens = int(solved["usage"]["completion_tokens"])
-    allocation = {
-        key: solved[key]
-        for key in ("answer", "action", "samples_used", "cost", "lambda", "votes", "rounds")
-    }
+    allocation = {key: solved[key] for key in _ALLOCATION_KEYS}
     if "money" in solved:
         allocation["money"] = solved["money"]
     return {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serve.faults import FaultSettings
 from serve.sampler import BackendSettings
@@ -37,13 +37,27 @@ class ReplaySettings(BaseModel):
 
 
 class ControllerSettings(BaseModel):
-    """The dual controller; ``budget`` and ``step_size`` may be overridden by ``user_config``."""
+    """The dual controller.
+
+    ``budget``, ``step_size`` and ``explore`` are the starting values of the live settings, which
+    ``user_config`` and ``PUT /v1/config`` change while the service runs.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     budget: float = Field(4.0, gt=0, allow_inf_nan=False, description="mean cost per request")
     step_size: float = Field(
         0.05, gt=0, allow_inf_nan=False, description="dual step, dimensionless"
+    )
+    explore: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        allow_inf_nan=False,
+        description=(
+            "fraction of requests that run the largest action as a probe and train the policy "
+            "on the probe's majority; must be 0 for the sequential policy, which does not learn"
+        ),
     )
     rule: Literal["additive", "multiplicative"] = Field("additive", description="update rule")
     window: int = Field(500, gt=0, description="requests in the moving mean cost")
@@ -64,6 +78,15 @@ class ControllerSettings(BaseModel):
         ),
     )
 
+    @model_validator(mode="after")
+    def _sequential_does_not_probe(self) -> ControllerSettings:
+        if self.policy == "sequential" and self.explore > 0:
+            raise ValueError(
+                f"explore must be 0 with policy 'sequential', which does not learn from probes, "
+                f"got {self.explore!r}"
+            )
+        return self
+
 
 class AppSettings(BaseModel):
     """Arguments of ``serve.app:build_app`` (the ``args`` of an application in a Serve config)."""
@@ -81,7 +104,13 @@ class AppSettings(BaseModel):
         10_000, ge=0, description="recent requests kept per gateway replica for /v1/feedback"
     )
     learn_from_feedback: bool = Field(
-        True, description="train the policy on feedback with an answer"
+        True,
+        description="train the policy on feedback with an answer and on exploration probes; "
+        "when false, probes still run and are billed but train nothing",
+    )
+    explore_seed: int = Field(
+        0,
+        description="seed of the draws that pick probes; each gateway replica mixes in its rank",
     )
     report_interval_s: float = Field(
         0.05, gt=0, le=10, description="longest a gateway waits before reporting costs"
@@ -105,6 +134,6 @@ class AppSettings(BaseModel):
     admin_token_env: str = Field(
         "TTC_ADMIN_TOKEN",
         min_length=1,
-        description="environment variable with the bearer token that PUT /v1/budget requires; "
-        "when it is unset or empty, anyone may change the budget",
+        description="environment variable with the bearer token that PUT /v1/budget and PUT "
+        "/v1/config require; when it is unset or empty, anyone may change the settings",
     )

@@ -43,7 +43,8 @@ _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 @dataclass
 class StreamSummary:
-    """Counters of one streaming run; ``costs`` and ``correct`` are in order of completion.
+    """Counters of one streaming run; ``costs``, ``correct``, ``ids`` and ``probes`` (whether
+    the request was an exploration probe) are in order of completion.
 
     ``error_cost`` sums the ``error.cost`` of failed requests (samples billed before they failed).
     """
@@ -51,6 +52,7 @@ class StreamSummary:
     costs: list[float] = field(default_factory=list)
     correct: list[bool] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
+    probes: list[bool] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     error_examples: dict[str, str] = field(default_factory=dict)
     error_cost: float = 0.0
@@ -113,6 +115,7 @@ async def stream_questions(
                 summary.costs.append(float(body["cost"]))
                 summary.correct.append(answers_match(body.get("answer"), q.gold))
                 summary.ids.append(q.id)
+                summary.probes.append(bool(body.get("probe", False)))
                 done = len(summary.costs)
                 if retarget is not None and summary.retarget_index is None and done >= retarget[0]:
                     summary.retarget_index = done
@@ -149,6 +152,7 @@ def summarise(
         "error_cost": summary.error_cost,
         "accuracy": _mean([float(c) for c in summary.correct]),
         "mean_cost": _mean(summary.costs),
+        "probes": sum(summary.probes),
         "budget": budget.get("budget"),
         "lambda": budget.get("lambda"),
         "unit": budget.get("unit"),

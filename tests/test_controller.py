@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from online.controller import DualController, validate_budget
+from online.controller import DualController, SettingError, validate_budget, validate_explore
 from online.cost_curve import CostCurve
 from online.lagrangian import lagrangian_argmax
 from online.price_view import PriceView
@@ -275,3 +275,155 @@ def test_stats_count_requests_per_source() -> None:
     assert stats["active_sources"] == 2
     assert stats["requests"] == 3
     assert stats["window_mean_cost"] == pytest.approx(3.0)
+
+
+def probing_controller(budget: float = 3.0, explore: float = 0.0) -> DualController:
+    """A controller for actions of 1 to 15 samples whose probes run the 15-sample action."""
+    curve = CostCurve.from_points([0.0, 0.1], [15.0, 1.0])
+    return DualController(
+        budget, curve, step_size=0.05, price_scale=0.01, min_budget=1.0, explore=explore,
+        probe_cost=15.0,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, math.nan, math.inf, "0.1", None, True])
+def test_invalid_explore_rejected(bad) -> None:
+    with pytest.raises(ValueError, match=r"explore must be a number in \[0, 1\), got"):
+        validate_explore(bad)
+
+
+def test_configure_changes_all_settings() -> None:
+    controller = probing_controller()
+    changed = controller.configure(budget=4.0, step_size=0.1, explore=0.05)
+    assert changed == {"budget": 4.0, "step_size": 0.1, "explore": 0.05}
+    settings = controller.settings()
+    assert settings["budget"] == 4.0
+    assert settings["step_size"] == 0.1
+    assert settings["explore"] == 0.05
+    assert controller.stats()["explore"] == 0.05
+    assert controller.stats()["step_size"] == 0.1
+
+
+def test_configure_unchanged_budget_keeps_price() -> None:
+    controller = probing_controller()
+    controller.complete(controller.reserve(9.0), 9.0, "vote@9")
+    price = controller.lambda_
+    assert controller.configure(budget=3.0, explore=0.05) == {"explore": 0.05}
+    assert controller.lambda_ == price
+    assert controller.requests_since_budget_ == 1
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "message"),
+    [
+        ({"explore": 1.0}, "explore", r"explore must be a number in \[0, 1\), got 1\.0"),
+        ({"explore": "0.1"}, "explore", r"got '0\.1'"),
+        ({"step_size": 0}, "step_size", r"step_size must be a positive finite number, got 0"),
+        ({"budget": 0.5}, "budget", r"cheapest action, got 0\.5"),
+        # 0.2 * 15 + 0.8 * 1 = 3.8 exceeds the budget of 3.
+        ({"explore": 0.2}, "explore", r"at most 0\.1429 at budget 3, .* got 0\.2"),
+        ({"budget": 2.0, "explore": 0.1}, "budget", r"at least 2\.4 at explore 0\.1, .* got 2\.0"),
+        ({"budget": 4.0, "step_size": -1.0, "explore": 0.1}, "step_size", r"got -1\.0"),
+    ],
+)
+def test_invalid_configure_changes_nothing(changes, field, message) -> None:
+    controller = probing_controller()
+    before = controller.settings()
+    with pytest.raises(SettingError, match=message) as caught:
+        controller.configure(**changes)
+    assert caught.value.field == field
+    assert controller.settings() == before
+
+
+def test_explore_rejected_without_probe_cost() -> None:
+    controller = DualController(3.0, None, price_scale=0.01, min_budget=1.0)
+    with pytest.raises(SettingError, match=r"does not learn from probes, got 0\.1"):
+        controller.configure(explore=0.1)
+    assert controller.explore == 0.0
+    with pytest.raises(SettingError, match="explore"):
+        DualController(3.0, None, price_scale=0.01, explore=0.1)
+
+
+def test_budget_floor_rises_with_explore() -> None:
+    controller = probing_controller(explore=0.1)
+    assert controller.budget_floor(0.0) == 1.0
+    assert controller.budget_floor(0.1) == pytest.approx(2.4)
+    with pytest.raises(SettingError, match=r"at least 2\.4 at explore 0\.1"):
+        controller.set_budget(2.0)
+    assert controller.budget == 3.0
+    with pytest.raises(SettingError, match="budget"):
+        probing_controller(budget=2.0, explore=0.1)
+
+
+def test_probes_hold_budget() -> None:
+    """A tenth of the requests cost 15; the controller pushes the others down to compensate."""
+    accuracy, cost = synthetic_table()
+    controller = DualController(
+        4.0, oracle_curve(accuracy, cost), step_size=0.05,
+        price_scale=solve(accuracy, cost, 4.0).lambda_, min_budget=1.0, explore=0.1,
+        probe_cost=15.0,
+    )  # fmt: skip
+    rng = np.random.default_rng(7)
+    costs = []
+    for _ in range(10_000):
+        i = int(rng.integers(len(accuracy)))
+        probe = rng.random() < controller.explore
+        action = 4 if probe else int(lagrangian_argmax(accuracy[i], cost[i], controller.lambda_))
+        billed = float(cost[i, action])
+        controller.complete(controller.reserve(billed), billed, f"vote@{int(billed)}")
+        costs.append(billed)
+    assert np.mean(costs) == pytest.approx(4.0, rel=0.01)
+
+
+def test_learning_totals_sum_active_sources() -> None:
+    controller = DualController(budget=2.0, step_size=0.5, price_scale=0.1)
+    controller.report([], "gateway-a", now_s=0.0, learning={"probes": 3, "labels_learned": 3})
+    controller.report([], "gateway-b", now_s=0.0, learning={"probes": 1, "labels_learned": 0})
+    # Running totals replace the earlier ones, so a resent report does not count twice.
+    controller.report([], "gateway-a", now_s=5.0, learning={"probes": 4, "labels_learned": 4})
+    controller.report([], "gateway-a", now_s=5.0, learning={"probes": 4, "labels_learned": 4})
+    stats = controller.stats(now_s=10.0)
+    assert stats["probes"] == 5
+    assert stats["labels_learned"] == 4
+    # gateway-b last reported at 0 s, so at 31 s it no longer counts.
+    stats = controller.stats(now_s=31.0)
+    assert stats["probes"] == 4
+    assert stats["labels_learned"] == 4
+
+
+def test_snapshot_keeps_step_size_and_explore() -> None:
+    controller = probing_controller()
+    controller.configure(step_size=0.2, explore=0.1)
+    restored = probing_controller()
+    restored.restore(controller.snapshot())
+    assert restored.step_size == 0.2
+    assert restored.explore == 0.1
+    assert restored.settings() == controller.settings()
+
+
+def test_version_1_snapshot_loads() -> None:
+    import msgpack
+
+    old = {
+        "version": 1, "budget": 2.5, "lambda": 0.02, "step_size": 0.1, "rule": "additive",
+        "requests": 7, "total_cost": 21.0, "requests_since_budget": 2, "cost_since_budget": 6.0,
+        "window": [3.0, 3.0], "actions": {"vote@3": 7}, "batches": {"gateway-a": 3},
+        "extra": {"config_budget": 2.5},
+    }  # fmt: skip
+    restored = probing_controller(explore=0.05)
+    extra = restored.restore(msgpack.packb(old))
+    assert extra == {"config_budget": 2.5}
+    assert restored.budget == 2.5
+    assert restored.step_size == 0.1
+    assert restored.requests_ == 7
+    # Version 1 had no exploration rate, so the controller keeps its own.
+    assert restored.explore == 0.05
+
+
+def test_price_view_adopts_explore() -> None:
+    state = {"lambda": 0.1, "budget": 2.0, "step_size": 0.5, "price_scale": 0.1,
+             "rule": "additive"}  # fmt: skip
+    view = PriceView(state)
+    assert view.explore == 0.0
+    view.publish({**state, "explore": 0.25})
+    assert view.explore == 0.25

@@ -115,6 +115,133 @@ async def test_sequential_policy_holds_budget(sequential_url: str) -> None:
     assert body["choices"][0]["message"]["content"]
 
 
+@pytest.fixture(scope="module")
+def explore_url(service_url: str, app_settings) -> Iterator[str]:
+    """A second application under ``/explore`` at budget 10, without a snapshot file.
+
+    It is deleted after this module, so that other tests see one controller.
+    """
+    from conftest import free_port
+    from ray import serve
+
+    from serve.app import compose_app
+
+    replay_port = free_port()
+    settings = app_settings.model_copy(
+        update={
+            "backend": app_settings.backend.model_copy(
+                update={"base_url": f"http://127.0.0.1:{replay_port}/v1"}
+            ),
+            "replay": app_settings.replay.model_copy(update={"port": replay_port}),
+            "controller": app_settings.controller.model_copy(
+                update={"budget": 10.0, "state_path": None}
+            ),
+        }
+    )
+    serve.run(compose_app(settings), name="ttc-explore", route_prefix="/explore")
+    yield f"{service_url}/explore"
+    serve.delete("ttc-explore")
+
+
+async def test_config_put_and_get(explore_url: str) -> None:
+    status, config = await request("GET", f"{explore_url}/v1/config")
+    assert status == 200, config
+    assert config["budget"] == 10.0
+    assert config["step_size"] == 0.05
+    assert config["explore"] == 0.0
+
+    status, config = await request(
+        "PUT", f"{explore_url}/v1/config", {"step_size": 0.2, "explore": 0.5}
+    )
+    assert status == 200, config
+    assert config["step_size"] == 0.2
+    assert config["explore"] == 0.5
+    # A partial update leaves the budget as it was.
+    assert config["budget"] == 10.0
+    status, got = await request("GET", f"{explore_url}/v1/config")
+    assert got == config
+    stats = await settled_stats(explore_url)
+    assert stats["step_size"] == 0.2
+    assert stats["explore"] == 0.5
+    assert stats["budget"] == 10.0
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "value"),
+    [
+        # The budget is valid on its own; the invalid explore rejects the whole body.
+        ({"budget": 12.0, "explore": 1.0}, "explore", "1.0"),
+        ({"budget": 12.0, "explore": "0.1"}, "explore", "0.1"),
+        ({"step_size": -0.5, "explore": 0.1}, "step_size", "-0.5"),
+        ({"budget": 0.5}, "budget", "0.5"),
+        # 0.5 * 15 + 0.5 * 1 = 8 samples per request at least, above a budget of 6.
+        ({"budget": 6.0}, "budget", "6.0"),
+        ({"explor": 0.1}, "explor", "0.1"),
+        ({}, "budget, step_size, explore", "{}"),
+    ],
+)
+async def test_config_rejects_and_changes_nothing(
+    explore_url: str, body: dict, field: str, value: str
+) -> None:
+    status, before = await request("PUT", f"{explore_url}/v1/config", {"explore": 0.5})
+    assert status == 200, before
+    status, payload = await request("PUT", f"{explore_url}/v1/config", body)
+    assert status == 422, payload
+    message = payload["error"]["message"]
+    assert field in message
+    assert value in message
+    _, after = await request("GET", f"{explore_url}/v1/config")
+    assert after["budget"] == before["budget"]
+    assert after["step_size"] == before["step_size"]
+    assert after["explore"] == before["explore"]
+
+
+async def test_probes_train_policy_and_hold_budget(explore_url: str) -> None:
+    """Half the requests probe with 15 samples; the rest average 5, so the mean stays at 10.
+
+    The first 200 requests let the price climb from where the cost curve puts it for budget 10
+    (0.0012) to where the policy spends 5 samples (0.0049). At step size 0.2 and price scale
+    0.0083 that climb is an overspend of 10 * 0.0037 / (0.2 * 0.0083) = 22 samples in all. Over
+    the next 400 requests the mean cost misses the budget by 10 * d / (0.2 * 0.0083 * 400), or
+    15 * d samples, where d is how far the price moves between their first and last request.
+    In one run the price fell from 0.0055 to 0.0020 over them (the probes' labels change the
+    policy's predictions), and the mean cost was 9.94, 0.6% short. The 3% bound leaves room for
+    larger swings and for the in-flight and batching lag.
+    """
+    status, config = await request(
+        "PUT", f"{explore_url}/v1/config", {"step_size": 0.2, "explore": 0.5}
+    )
+    assert status == 200, config
+    await asyncio.sleep(0.5)  # the gateway adopts the rate at its next report
+    before = await settled_stats(explore_url)
+    questions = load_dataset("svamp")
+    warmup = await stream_questions(questions[:200], explore_url, concurrency=8, progress=False)
+    measured = await stream_questions(
+        questions[200:600], explore_url, concurrency=8, progress=False
+    )
+    assert not warmup.errors
+    assert not measured.errors
+    after = await settled_stats(explore_url)
+
+    probes = sum(warmup.probes) + sum(measured.probes)
+    # Binomial(600, 0.5) has a standard deviation of 12; the band is 5 of them.
+    assert 240 <= probes <= 360
+    assert after["probes"] - before["probes"] == probes
+    # Every probe with an extractable answer trains the policy once.
+    learned = after["labels_learned"] - before["labels_learned"]
+    assert 0.9 * probes <= learned <= probes
+    for cost, probe in zip(measured.costs, measured.probes, strict=True):
+        if probe:
+            assert cost == 15.0
+    assert after["actions"]["vote@15"] >= probes
+
+    mean_cost = sum(measured.costs) / len(measured.costs)
+    assert mean_cost == pytest.approx(10.0, rel=0.03)
+    others = [c for c, p in zip(measured.costs, measured.probes, strict=True) if not p]
+    assert sum(others) / len(others) < 7.0
+    assert sum(measured.correct) / len(measured.correct) > 0.8
+
+
 async def test_stream_holds_budget_then_retarget(service_url: str) -> None:
     questions = load_dataset("svamp")
     first = await stream_questions(questions[:400], service_url, concurrency=8, progress=False)
@@ -335,18 +462,37 @@ async def test_user_config_retargets_without_restart(service_url: str, app_setti
     from serve.app import compose_app
 
     _, before = await request("GET", f"{service_url}/v1/stats")
+    user_config = {"budget": 3.0, "step_size": 0.1, "explore": 0.1}
     serve.run(
-        compose_app(app_settings, controller_user_config={"budget": 3.0, "step_size": 0.05}),
+        compose_app(app_settings, controller_user_config=user_config),
         name="ttc",
         route_prefix="/",
     )
     status, budget = await request("GET", f"{service_url}/v1/budget")
     assert status == 200
     assert budget["budget"] == 3.0
+    status, config = await request("GET", f"{service_url}/v1/config")
+    assert status == 200
+    assert config["step_size"] == 0.1
+    assert config["explore"] == 0.1
     _, after = await request("GET", f"{service_url}/v1/stats")
     # Same controller replica: the totals carried on.
     assert after["requests"] >= before["requests"]
     assert after["requests_since_budget"] == 0
+    assert after["step_size"] == 0.1
+    assert after["explore"] == 0.1
+
+    # The gateway adopts the rate at its next report. Its probe draws are seeded, and at rate
+    # 0.1 the chance that 60 requests contain no probe is 0.9 ** 60, below 0.2%.
+    await asyncio.sleep(0.5)
+    probes = 0
+    for i in range(60):
+        status, body = await request(
+            "POST", f"{service_url}/v1/solve", {"question": QUESTION.question, "id": f"uc-{i}"}
+        )
+        assert status == 200, body
+        probes += body["probe"]
+    assert probes > 0
 
     # An unchanged user_config does not undo a budget set through the API.
     status, _ = await request("PUT", f"{service_url}/v1/budget", {"budget": 4.0})
@@ -358,3 +504,25 @@ async def test_user_config_retargets_without_restart(service_url: str, app_setti
     )
     _, budget = await request("GET", f"{service_url}/v1/budget")
     assert budget["budget"] == 4.0
+    _, config = await request("GET", f"{service_url}/v1/config")
+    assert config["explore"] == 0.1
+
+    # An invalid user_config applies nothing, and the controller keeps running.
+    serve.run(
+        compose_app(app_settings, controller_user_config={**user_config, "explore": 2.0}),
+        name="ttc",
+        route_prefix="/",
+    )
+    _, config = await request("GET", f"{service_url}/v1/config")
+    assert "user_config key 'explore'" in config["user_config_error"]
+    assert "got 2.0" in config["user_config_error"]
+    assert config["explore"] == 0.1
+    assert config["budget"] == 4.0
+    _, stats = await request("GET", f"{service_url}/v1/stats")
+    assert stats["requests"] >= after["requests"] + 60
+    status, body = await request("POST", f"{service_url}/v1/solve", {"question": QUESTION.question})
+    assert status == 200, body
+
+    # Later test modules share this application and expect no probes.
+    status, _ = await request("PUT", f"{service_url}/v1/config", {"explore": 0, "step_size": 0.05})
+    assert status == 200
