@@ -162,6 +162,7 @@ class DualController:
         self._batches: dict[str, int] = {}
         # Each source's running totals of probes and labels learned, as it last reported them.
         self._learning: dict[str, dict[str, int]] = {}
+        self._source_in_flight: dict[str, int] = {}
 
     @staticmethod
     def _validate_step(step_size: Any) -> float:
@@ -237,6 +238,7 @@ class DualController:
         now_s: float | None = None,
         batch: int | None = None,
         learning: dict[str, int] | None = None,
+        in_flight: int | None = None,
     ) -> bool:
         """Record requests that allocator ``source`` decided on its own view of the price.
 
@@ -245,7 +247,8 @@ class DualController:
         `active_sources`. ``batch`` numbers a source's reports from 1 up: a batch no later than
         the last one applied from that source is a copy sent again, and is dropped. ``learning``
         contains the source's running totals ``probes`` and ``labels_learned``, which replace
-        the ones it reported before. Returns whether the report was applied.
+        the ones it reported before. ``in_flight`` is how many requests the source has
+        dispatched and not finished. Returns whether the report was applied.
         """
         self._sources[source] = time.monotonic() if now_s is None else now_s
         if learning is not None:
@@ -253,6 +256,8 @@ class DualController:
                 "probes": int(learning.get("probes", 0)),
                 "labels_learned": int(learning.get("labels_learned", 0)),
             }
+        if in_flight is not None:
+            self._source_in_flight[source] = int(in_flight)
         if batch is not None:
             if batch <= self._batches.get(source, 0):
                 return False
@@ -403,14 +408,16 @@ class DualController:
         """Return the counters that ``GET /v1/stats`` reports.
 
         ``probes`` and ``labels_learned`` add up the running totals of the allocators active
-        within `SOURCE_TTL_S` of ``now_s`` (monotonic seconds).
+        within `SOURCE_TTL_S` of ``now_s`` (monotonic seconds). ``in_flight`` counts the
+        requests reserved here plus those that the active allocators last reported in flight.
         """
         now = time.monotonic() if now_s is None else now_s
-        active = [
-            totals
-            for source, totals in self._learning.items()
-            if now - self._sources.get(source, -math.inf) <= SOURCE_TTL_S
-        ]
+
+        def live(source: str) -> bool:
+            return now - self._sources.get(source, -math.inf) <= SOURCE_TTL_S
+
+        active = [totals for source, totals in self._learning.items() if live(source)]
+        elsewhere = sum(n for source, n in self._source_in_flight.items() if live(source))
         return {
             "requests": self.requests_,
             "total_cost": self.total_cost_,
@@ -419,7 +426,7 @@ class DualController:
             "budget": self.budget,
             "lambda": self.lambda_,
             "unit": self.unit,
-            "in_flight": self.in_flight,
+            "in_flight": self.in_flight + elsewhere,
             "requests_since_budget": self.requests_since_budget_,
             "mean_cost_since_budget": (
                 self.cost_since_budget_ / self.requests_since_budget_

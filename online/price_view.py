@@ -96,6 +96,11 @@ class PriceView:
         self._in_flight.pop(ticket, None)
 
     @property
+    def in_flight(self) -> int:
+        """Requests reserved and not yet finished or cancelled."""
+        return len(self._in_flight)
+
+    @property
     def unreported(self) -> int:
         return len(self._unreported)
 

@@ -240,14 +240,18 @@ class DualControllerDeployment:
         source: str,
         batch: int | None = None,
         learning: dict[str, int] | None = None,
+        in_flight: int | None = None,
     ) -> dict[str, Any]:
         """Record an allocator's finished requests; return the state it should adopt.
 
         An empty report still marks ``source`` as an active allocator. ``batch`` numbers the
         source's reports, so that a copy sent again after a failed reply is dropped.
-        ``learning`` contains the source's running totals ``probes`` and ``labels_learned``.
+        ``learning`` contains the source's running totals ``probes`` and ``labels_learned``, and
+        ``in_flight`` its requests dispatched and not finished.
         """
-        applied = self._controller.report(finished, source, batch=batch, learning=learning)
+        applied = self._controller.report(
+            finished, source, batch=batch, learning=learning, in_flight=in_flight
+        )
         self._dirty = self._dirty or (applied and bool(finished))
         if self._dirty and self._settings.snapshot_interval_s == 0:
             # Written before the reply: a replica killed after this write has the report, and
@@ -474,7 +478,9 @@ class Gateway:
             "probes": self._probes,
             "labels_learned": self._learner.labels_ if self._learner is not None else 0,
         }
-        state = await self._controller.report.remote(report, self._source, batch, learning)
+        state = await self._controller.report.remote(
+            report, self._source, batch, learning, self._price.in_flight
+        )
         self._price.acknowledge(batch)
         self._adopt(state)
 

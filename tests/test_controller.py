@@ -427,3 +427,15 @@ def test_price_view_adopts_explore() -> None:
     assert view.explore == 0.0
     view.publish({**state, "explore": 0.25})
     assert view.explore == 0.25
+
+
+def test_stats_in_flight_sums_active_sources() -> None:
+    controller = DualController(budget=2.0, step_size=0.5, price_scale=0.1)
+    controller.reserve(3.0)
+    controller.report([], "gateway-a", now_s=0.0, in_flight=5)
+    controller.report([], "gateway-b", now_s=20.0, in_flight=2)
+    assert controller.stats(now_s=25.0)["in_flight"] == 8
+    # gateway-a last reported at 0 s, so at 31 s its requests no longer count.
+    assert controller.stats(now_s=31.0)["in_flight"] == 3
+    controller.report([], "gateway-b", now_s=40.0, in_flight=0)
+    assert controller.stats(now_s=41.0)["in_flight"] == 1

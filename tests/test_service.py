@@ -119,7 +119,7 @@ async def test_sequential_policy_holds_budget(sequential_url: str) -> None:
 def explore_url(service_url: str, app_settings) -> Iterator[str]:
     """A second application under ``/explore`` at budget 10, without a snapshot file.
 
-    It is deleted after this module, so that other tests see one controller.
+    It is deleted after this module; tests that kill a controller pick the one of ``ttc``.
     """
     from conftest import free_port
     from ray import serve
@@ -406,12 +406,13 @@ async def stats_after_restart(url: str, requests: int = 0) -> dict:
 
 
 def kill_controller() -> None:
+    """Kill the controller replica of the application ``ttc`` (other apps may be running)."""
     import ray
 
     names = [
         actor["name"]
         for actor in ray.util.list_named_actors(all_namespaces=True)
-        if "DualController" in actor["name"]
+        if actor["name"].startswith("SERVE_REPLICA::ttc#DualController#")
     ]
     assert len(names) == 1, names
     ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
