@@ -97,11 +97,11 @@ def _hull_edges(p: np.ndarray, c: np.ndarray, start: np.ndarray) -> tuple[np.nda
     """
     n, m = p.shape
     pt = np.ascontiguousarray(p.T)
-    ct = np.ascontiguousarray(c.T)
+    shared = bool((c == c[0]).all())  # one cost vector for every question
+    ct = None if shared else np.ascontiguousarray(c.T)
     into = np.full((m, n), np.inf)  # the flattest slope from a cheaper action
     out = np.zeros((m, n))  # the steepest slope to a dearer action, at least 0
     dominated = np.zeros((m, n), dtype=bool)
-    shared = bool((c == c[0]).all())  # one cost vector for every question
     with np.errstate(divide="ignore", invalid="ignore"):
         for i in range(m):
             for k in range(i + 1, m):
@@ -111,7 +111,7 @@ def _hull_edges(p: np.ndarray, c: np.ndarray, start: np.ndarray) -> tuple[np.nda
                     np.minimum(into[k], slope, out=into[k])
                     np.maximum(out[i], slope, out=out[i])
                     continue
-                dc = ct[k] - ct[i]
+                dc = np.full(n, c[0, k] - c[0, i]) if ct is None else ct[k] - ct[i]
                 slope = dp / dc
                 same = dc == 0
                 # Of actions with one cost, only the first most accurate can be chosen.
@@ -129,8 +129,11 @@ def _hull_edges(p: np.ndarray, c: np.ndarray, start: np.ndarray) -> tuple[np.nda
         v = vertex[j]
         if not v.any():
             continue
-        np.subtract(ct[j], c[rows, previous], out=dcost[j], where=v)
-        np.subtract(pt[j], p[rows, previous], out=dacc[j], where=v)
+        if ct is None:
+            np.subtract(c[0, j], c[0][previous], out=dcost[j], where=v)
+        else:
+            np.subtract(ct[j], ct[previous, rows], out=dcost[j], where=v)
+        np.subtract(pt[j], pt[previous, rows], out=dacc[j], where=v)
         previous[v] = j
     slope = np.full((m, n), -np.inf)
     np.divide(dacc, dcost, out=slope, where=vertex)
