@@ -31,9 +31,9 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+from serve.stream_file import loopback_url
+
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 SOLVE = ("POST", "/v1/solve")
 OPERATOR_ENV = "TTC_LOADTEST_OPERATOR"
@@ -41,15 +41,8 @@ _DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m)?(?:(\d+(?:\.\
 
 
 def loopback_host(value: str) -> str:
-    """Return ``value`` without a trailing slash; raise `argparse.ArgumentTypeError` unless it
-    is an http(s) URL whose host is 127.0.0.1, localhost or [::1]."""
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or parts.hostname not in LOOPBACK_HOSTS:
-        raise argparse.ArgumentTypeError(
-            f"invalid --host {value!r}: the runner sends load only to a loopback URL "
-            "such as http://127.0.0.1:8000, http://localhost:8000 or http://[::1]:8000"
-        )
-    return value.rstrip("/")
+    """Return ``value`` without a trailing slash; reject a URL whose host is not loopback."""
+    return loopback_url(value, "--host")
 
 
 def duration_s(value: str) -> float:

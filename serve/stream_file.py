@@ -223,13 +223,13 @@ async def stream_file(
     return summary
 
 
-def loopback_url(value: str) -> str:
-    """Return ``value`` without a trailing slash; raise `argparse.ArgumentTypeError` unless it
-    is an http(s) URL whose host is 127.0.0.1, localhost or [::1]."""
+def loopback_url(value: str, option: str = "--url") -> str:
+    """Return ``value`` without a trailing slash; raise `argparse.ArgumentTypeError`, naming
+    ``option``, unless it is an http(s) URL whose host is 127.0.0.1, localhost or [::1]."""
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or parts.hostname not in LOOPBACK_HOSTS:
         raise argparse.ArgumentTypeError(
-            f"invalid --url {value!r}: only a loopback URL is accepted, such as "
+            f"invalid {option} {value!r}: only a loopback URL is accepted, such as "
             "http://127.0.0.1:8000, http://localhost:8000 or http://[::1]:8000"
         )
     return value.rstrip("/")
