@@ -582,7 +582,7 @@ class Gateway:
         if money is not None:
             solved["money"] = money
         self._metrics.record_request(
-            route, solved["action"]["name"], solved["cost"], latency_ms, money
+            route, solved["action"]["name"], solved["cost"], latency_ms, money, solved["probe"]
         )
         self._metrics.set_price(self._price.budget, self._price.price())
         return solved

@@ -73,6 +73,12 @@ class GatewayMetrics:
             description="Requests failed at the LLM backend or the worker pool, by error type.",
             tag_keys=_tag_keys("route", "error_type"),
         )
+        self.probes = Counter(
+            "ttc_probes",
+            description="Exploration probes served without error: requests that ran the "
+            "largest action instead of the policy's choice.",
+            tag_keys=("route",),
+        )
         self.backend_retries = Counter(
             "ttc_backend_retries",
             description="Backend calls sent again after a failed attempt, over all requests.",
@@ -100,8 +106,11 @@ class GatewayMetrics:
         cost: float,
         latency_ms: float,
         money: float | None = None,
+        probe: bool = False,
     ) -> None:
         self.requests.inc(tags={"route": route, "action": action})
+        if probe:
+            self.probes.inc(tags={"route": route})
         self.cost.observe(cost, tags={"route": route})
         if money is not None:
             self.money.observe(money, tags={"route": route})

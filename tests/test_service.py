@@ -196,6 +196,32 @@ async def test_config_rejects_and_changes_nothing(
     assert after["explore"] == before["explore"]
 
 
+async def exported_probes(application: str, at_least: float, wait_s: float = 60.0) -> float:
+    """Return ``ray_ttc_probes_total`` of ``application`` on the metrics export port, polling
+    until it reaches ``at_least`` or ``wait_s`` runs out."""
+    import ray
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = ray.nodes()[0]["MetricsExportPort"]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    total = 0.0
+    async with aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                text = await response.text()
+            total = sum(
+                sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name == "ray_ttc_probes_total"
+                and sample.labels.get("application") == application
+            )
+            if total >= at_least or loop.time() > deadline:
+                return total
+            await asyncio.sleep(1.0)
+
+
 async def test_probes_train_policy_and_hold_budget(explore_url: str) -> None:
     """Half the requests probe with 15 samples; the rest average 5, so the mean stays at 10.
 
@@ -234,6 +260,10 @@ async def test_probes_train_policy_and_hold_budget(explore_url: str) -> None:
         if probe:
             assert cost == 15.0
     assert after["actions"]["vote@15"] >= probes
+
+    # The gateway counts the probes in Prometheus too, which Ray exports with a delay.
+    exported = await exported_probes("ttc-explore", at_least=probes)
+    assert exported >= probes
 
     mean_cost = sum(measured.costs) / len(measured.costs)
     assert mean_cost == pytest.approx(10.0, rel=0.03)
