@@ -16,6 +16,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def with_own_replay(settings: Any, **controller: Any) -> Any:
+    """Return a copy of ``settings`` whose replay backend has a free port of its own, with
+    ``controller`` replacing fields of the controller settings."""
+    replay_port = free_port()
+    return settings.model_copy(
+        update={
+            "backend": settings.backend.model_copy(
+                update={"base_url": f"http://127.0.0.1:{replay_port}/v1"}
+            ),
+            "replay": settings.replay.model_copy(update={"port": replay_port}),
+            "controller": settings.controller.model_copy(update=controller),
+        }
+    )
+
+
 @pytest.fixture(scope="session")
 def state_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("state") / "controller.msgpack"

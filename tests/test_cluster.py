@@ -20,21 +20,12 @@ REQUESTS = 300
 @pytest.fixture(scope="module")
 def two_gateways_url(service_url: str, app_settings: Any) -> Iterator[str]:
     """An application under ``/two`` with two gateway replicas and its own controller."""
-    from conftest import free_port
+    from conftest import with_own_replay
     from ray import serve
 
     from serve.app import compose_app
 
-    replay_port = free_port()
-    settings = app_settings.model_copy(
-        update={
-            "backend": app_settings.backend.model_copy(
-                update={"base_url": f"http://127.0.0.1:{replay_port}/v1"}
-            ),
-            "replay": app_settings.replay.model_copy(update={"port": replay_port}),
-            "controller": app_settings.controller.model_copy(update={"state_path": None}),
-        }
-    )
+    settings = with_own_replay(app_settings, state_path=None)
     app = compose_app(settings, gateway_options={"num_replicas": 2})
     serve.run(app, name="ttc-two", route_prefix="/two")
     try:

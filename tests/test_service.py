@@ -66,23 +66,12 @@ def sequential_url(service_url: str, app_settings) -> Iterator[str]:
 
     It is deleted after the test, so that other tests see one controller.
     """
-    from conftest import free_port
+    from conftest import with_own_replay
     from ray import serve
 
     from serve.app import compose_app
 
-    replay_port = free_port()
-    settings = app_settings.model_copy(
-        update={
-            "backend": app_settings.backend.model_copy(
-                update={"base_url": f"http://127.0.0.1:{replay_port}/v1"}
-            ),
-            "replay": app_settings.replay.model_copy(update={"port": replay_port}),
-            "controller": app_settings.controller.model_copy(
-                update={"budget": 3.0, "policy": "sequential", "state_path": None}
-            ),
-        }
-    )
+    settings = with_own_replay(app_settings, budget=3.0, policy="sequential", state_path=None)
     serve.run(compose_app(settings), name="ttc-sequential", route_prefix="/seq")
     yield f"{service_url}/seq"
     serve.delete("ttc-sequential")
@@ -121,23 +110,12 @@ def explore_url(service_url: str, app_settings) -> Iterator[str]:
 
     It is deleted after this module; tests that kill a controller pick the one of ``ttc``.
     """
-    from conftest import free_port
+    from conftest import with_own_replay
     from ray import serve
 
     from serve.app import compose_app
 
-    replay_port = free_port()
-    settings = app_settings.model_copy(
-        update={
-            "backend": app_settings.backend.model_copy(
-                update={"base_url": f"http://127.0.0.1:{replay_port}/v1"}
-            ),
-            "replay": app_settings.replay.model_copy(update={"port": replay_port}),
-            "controller": app_settings.controller.model_copy(
-                update={"budget": 10.0, "state_path": None}
-            ),
-        }
-    )
+    settings = with_own_replay(app_settings, budget=10.0, state_path=None)
     serve.run(compose_app(settings), name="ttc-explore", route_prefix="/explore")
     yield f"{service_url}/explore"
     serve.delete("ttc-explore")
