@@ -726,11 +726,11 @@ _FINAL_ANSWER = re.compile(r"A:\s*(.*?)\s*$")
 def convert_gsm8k_gpt3(raw_dir: Path, out_path: Path) -> float:
     """Write GSM8K with one recorded solution from each of four GPT-3 solvers as its samples.
 
-    The samples are the solutions of `GPT3_SOLVERS` (Cobbe et al., 2021: 6B and 175B models,
-    fine-tuned, or fine-tuned and reranked by a verifier), in that order, so a random subset of
-    them is a draw from the mixture of the four solvers, not from one model. Each sample's answer
-    is the key of the text after the final ``A:``, and ``correct`` is the recorded
-    ``is_correct``. The gold comes from ``test.jsonl``. Returns the share of samples whose
+    The samples are the solutions of `GPT3_SOLVERS`, in that order: 6B and 175B models,
+    fine-tuned, or fine-tuned and reranked by a verifier (Cobbe et al., 2021). A random subset
+    of them is therefore a draw from the mixture of the four solvers, not from one model. Each
+    sample's answer is the key of the text after the final ``A:``, and ``correct`` is the
+    recorded ``is_correct``. The gold comes from ``test.jsonl``. Returns the share of samples whose
     answer matches the gold exactly when ``correct`` says so.
     """
     path = raw_dir / RAW_FILES["gsm8k_gpt3"]
@@ -841,7 +841,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.info("gsm8k: %d questions", convert_gsm8k(args.raw, out_path))
         elif name == "gsm8k_gpt3":
             share = convert_gsm8k_gpt3(args.raw, out_path)
-            logger.info("gsm8k_gpt3: the recorded is_correct agrees with the answer on %.4f", share)
+            logger.info("gsm8k_gpt3: recorded is_correct matches the extracted key on %.4f", share)
         else:
             logger.info("math500: %d questions", convert_math500(args.raw, out_path))
         logger.info("wrote %s (%d bytes)", out_path, out_path.stat().st_size)

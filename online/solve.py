@@ -143,10 +143,10 @@ def _hull_edges(p: np.ndarray, c: np.ndarray, start: np.ndarray) -> tuple[np.nda
 def _critical_slope(slope: np.ndarray, dcost: np.ndarray, need: float) -> float:
     """Return the largest ``s`` in ``slope`` with ``sum(dcost[slope >= s]) >= need``.
 
-    Each pass estimates the answer from a sample of the remaining edges, keeps only the edges
-    between two prices that bracket the estimate, and checks that the bracket holds; when it
-    does not, the pass keeps the side the answer lies on. So the work is linear in the number
-    of edges, where a full sort would be ``n log n``.
+    Each pass estimates the critical slope from a sample of the remaining edges and keeps only
+    the edges between two slopes that bracket the estimate. When the bracket misses, the pass
+    keeps the side that holds the critical slope instead. A pass usually removes most edges, so
+    the work grows about linearly with the edges, where a full sort would be ``n log n``.
     """
     committed = 0.0  # cost of the edges above every remaining candidate
     while slope.size > 8192:

@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout-s",
         type=float,
         default=120.0,
-        help="longest wait for the next bytes of the response, in seconds",
+        help="maximum wait for the next bytes of the response, in seconds",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser

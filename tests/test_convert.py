@@ -336,7 +336,7 @@ def _write_raw_gsm8k(raw: Path, solutions: list[dict[str, object]]) -> None:
     (raw / RAW_FILES["gsm8k_gpt3"]).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def test_gsm8k_gpt3_conversion_keeps_each_solver_as_a_sample(tmp_path: Path) -> None:
+def test_gsm8k_gpt3_keeps_solvers_as_samples(tmp_path: Path) -> None:
     def solved(answers: list[str], correct: list[bool]) -> dict[str, object]:
         return {
             solver: {"solution": f"steps\nA: {a}", "is_correct": c}
@@ -359,7 +359,7 @@ def test_gsm8k_gpt3_conversion_keeps_each_solver_as_a_sample(tmp_path: Path) -> 
     assert [s.answer for s in second.samples][1:3] == ["8", "8"]
 
 
-def test_gsm8k_gpt3_conversion_names_a_bad_solver_record(tmp_path: Path) -> None:
+def test_gsm8k_gpt3_names_bad_solver_record(tmp_path: Path) -> None:
     broken = {solver: {"solution": "A: 5", "is_correct": True} for solver in GPT3_SOLVERS}
     broken["175b_finetuning"] = {"solution": "A: 5", "is_correct": "yes"}
     fine = {solver: {"solution": "A: 8", "is_correct": True} for solver in GPT3_SOLVERS}
