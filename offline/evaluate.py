@@ -6,7 +6,8 @@ Methods, each scored on held-out questions except the oracle:
 - ``uniform``: the same spend on every question, mixing the two actions around the budget.
 - ``heuristic``: a difficulty proxy from the question text (`offline.learners.difficulty_scores`).
 - ``learned``: a classifier of the oracle's actions (the learner of Solve-then-Learn, Zhai et
-  al., arXiv:2604.14853), guarded towards uniform allocation, with a price offset.
+  al., arXiv:2604.14853). Its belief about a question's oracle action gives expected accuracy
+  per action; a guard shrinks that towards the mean curve, and a price sets the spend.
 - ``learned-value``: predicted accuracy per action and the Lagrangian argmax, with a shrinkage
   guard towards the mean curve.
 - ``sequential``: draws in batches and stops when more samples would not pay at the price
@@ -35,8 +36,9 @@ from tqdm import tqdm
 
 from offline.learners import (
     OracleClassifier,
-    blend_with_uniform,
+    class_curves,
     difficulty_scores,
+    guarded_scores,
     value_scores,
 )
 from offline.pricing import Allocation, PriceRule
@@ -79,7 +81,7 @@ class EvaluationSettings:
     inner_folds: int = 3
     seed: int = 0
     value_epochs: int = 10
-    classifier_epochs: int = 10
+    classifier_iterations: int = 100
     unit: CostUnit = "samples"
     actions: ActionSpace = field(default_factory=ActionSpace)
     orderings: int = 128
@@ -103,22 +105,6 @@ def _oracle_labels(table: Table, budget: float) -> tuple[np.ndarray, np.ndarray,
     solution = solve(table.accuracy, table.cost, budget)
     label = np.where(solution.split >= 0.5, solution.dearer, solution.action)
     return label, np.where(solution.split > 0, solution.dearer, solution.action), solution.lambda_
-
-
-def _uniform_distribution(table: Table, budget: float) -> np.ndarray:
-    """Share of questions taking each action under uniform allocation at ``budget``."""
-    mean_cost = table.cost.mean(axis=0)
-    out = np.zeros(len(mean_cost))
-    if budget <= mean_cost[0]:
-        out[0] = 1.0
-    elif budget >= mean_cost[-1]:
-        out[-1] = 1.0
-    else:
-        j = int(np.searchsorted(mean_cost, budget, side="right")) - 1
-        span = mean_cost[j + 1] - mean_cost[j]
-        theta = 0.0 if span == 0 else (budget - mean_cost[j]) / span
-        out[j], out[j + 1] = 1 - theta, theta
-    return out
 
 
 @dataclass
@@ -206,7 +192,6 @@ def _best_on_validation(
     candidates: dict[float, np.ndarray],
     validation: Table,
     budget: float,
-    allow_negative: bool = False,
 ) -> float:
     """Pick the candidate (guard or shrinkage) with the best validation accuracy at ``budget``.
 
@@ -215,7 +200,7 @@ def _best_on_validation(
     """
     best_key, best_acc = next(iter(candidates)), -np.inf
     for key, scores in candidates.items():
-        rule = PriceRule.calibrate(scores, validation.cost, budget, allow_negative)
+        rule = PriceRule.calibrate(scores, validation.cost, budget)
         acc = float(rule.apply(scores, validation.cost).expected(validation.accuracy).mean())
         if acc > best_acc + 1e-12:
             best_key, best_acc = key, acc
@@ -267,10 +252,10 @@ def _evaluate_fold(
     uniform_acc, uniform_cost = uniform_allocation(test_table, budget)
     result.accuracy["uniform"], result.cost["uniform"] = uniform_acc, uniform_cost
 
-    def at_budget(scores: np.ndarray, allow_negative: bool = False) -> Allocation:
+    def at_budget(scores: np.ndarray) -> Allocation:
         # The price is set on the test fold's own scores, which carry no outcome of the test
         # questions: the dual controller does the same online by watching the spend.
-        rule = PriceRule.calibrate(scores, test_table.cost, budget, allow_negative)
+        rule = PriceRule.calibrate(scores, test_table.cost, budget)
         return rule.apply(scores, test_table.cost)
 
     record("heuristic", at_budget(data.heuristic_test))
@@ -286,21 +271,27 @@ def _evaluate_fold(
         return [features[i] for i in rows]
 
     n_actions = len(table.actions)
-    uniform_mix = _uniform_distribution(train_table, budget)
-    validation_proba = np.zeros((len(data.train), n_actions))
+    validation_expected = np.zeros((len(data.train), n_actions))
+    expected = np.zeros((len(data.test), n_actions))
     proba = np.zeros((len(data.test), n_actions))
     position = {int(q): k for k, q in enumerate(data.train)}
     for fit_rows, held_rows in _inner_splits(data.train, settings.inner_folds, settings.seed + 2):
         labels, _, _ = _oracle_labels(_subset(table, fit_rows), budget)
-        clf = OracleClassifier(n_actions, settings.classifier_epochs, seed=settings.seed)
+        clf = OracleClassifier(n_actions, settings.classifier_iterations, seed=settings.seed)
         clf.fit(feats(fit_rows), labels)
+        # The classifier's belief about the oracle's action, turned into expected accuracy per
+        # action by the mean curve of the training questions the oracle gave each action.
+        curves = class_curves(labels, table.accuracy[fit_rows])
         held_at = [position[int(q)] for q in held_rows]
-        validation_proba[held_at] = clf.predict_proba(feats(held_rows))
-        proba += clf.predict_proba(feats(data.test)) / settings.inner_folds
-    candidates = {g: blend_with_uniform(validation_proba, uniform_mix, g) for g in reversed(GUARDS)}
-    guard = _best_on_validation(candidates, train_table, budget, allow_negative=True)
+        validation_expected[held_at] = clf.predict_proba(feats(held_rows)) @ curves
+        test_proba = clf.predict_proba(feats(data.test))
+        proba += test_proba / settings.inner_folds
+        expected += test_proba @ curves / settings.inner_folds
+    prior = train_table.accuracy.mean(axis=0)
+    candidates = {g: guarded_scores(validation_expected, prior, g) for g in reversed(GUARDS)}
+    guard = _best_on_validation(candidates, train_table, budget)
     result.guard = guard
-    allocation = at_budget(blend_with_uniform(proba, uniform_mix, guard), allow_negative=True)
+    allocation = at_budget(guarded_scores(expected, prior, guard))
     record("learned", allocation)
 
     # Imitation and Lagrangian regret against the test fold's oracle at its own price.
@@ -351,7 +342,11 @@ def _summarise(results: list[_FoldResult], budget: float) -> dict[str, Any]:
     }
     base = methods["uniform"]["accuracy"]
     oracle_gain = methods["oracle"]["accuracy"] - base
-    for summary in methods.values():
+    for name, summary in methods.items():
+        # Paired by fold: the fold-to-fold spread is mostly how hard each fold's questions are.
+        summary["folds_above_uniform"] = sum(
+            r.accuracy[name] > r.accuracy["uniform"] + 1e-12 for r in results
+        )
         gain = summary["accuracy"] - base
         summary["gain_over_uniform"] = gain
         summary["relative_gain"] = gain / base if base > 0 else 0.0

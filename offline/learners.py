@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from river import linear_model, optim, preprocessing
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.feature_extraction import DictVectorizer
+from threadpoolctl import threadpool_limits
 
 from offline.warmstart import fit_value_policy, predicted_values
 from online.actions import ActionSpace
@@ -17,13 +19,13 @@ from online.actions import ActionSpace
 __all__ = [
     "DIFFICULTY_FEATURES",
     "OracleClassifier",
-    "blend_with_uniform",
+    "class_curves",
     "difficulty_scores",
+    "guarded_scores",
     "value_scores",
 ]
 
 DIFFICULTY_FEATURES = ("log_words", "numbers", "cue_compare", "cue_change", "level")
-_FLOOR = 1e-9
 
 
 def difficulty_scores(
@@ -74,49 +76,88 @@ def value_scores(
 
 
 class OracleClassifier:
-    """The Solve-then-Learn learner (Zhai et al., arXiv:2604.14853): a River softmax regression
-    from cheap features to oracle actions.
+    """The Solve-then-Learn learner (Zhai et al., arXiv:2604.14853): gradient-boosted trees from
+    cheap features to oracle actions (scikit-learn's ``HistGradientBoostingClassifier``).
 
-    >>> clf = OracleClassifier(n_actions=2, epochs=30)
-    >>> clf.fit([{"hard": 1.0}, {"hard": 0.0}] * 20, np.array([1, 0] * 20))
-    >>> clf.predict_proba([{"hard": 1.0}]).argmax(axis=1).tolist()
-    [1]
+    On svamp at budget 3 the trees gained about twice as much over uniform allocation as a River
+    softmax regression did (+0.45 against +0.24 points). Boosting runs on one thread, because
+    with two busy processes on two cores the spinning OpenMP threads made one fit take 4.5 s
+    instead of 0.2 s.
+
+    >>> clf = OracleClassifier(n_actions=3, iterations=20)
+    >>> clf.fit([{"hard": 1.0}, {"hard": 0.0}] * 20, np.array([2, 0] * 20))
+    >>> clf.predict_proba([{"hard": 1.0}, {"hard": 0.0}]).argmax(axis=1).tolist()
+    [2, 0]
     """
 
     def __init__(
-        self, n_actions: int, epochs: int = 10, learning_rate: float = 0.05, seed: int = 0
+        self,
+        n_actions: int,
+        iterations: int = 100,
+        learning_rate: float = 0.05,
+        max_depth: int = 3,
+        seed: int = 0,
     ):
         self.n_actions = n_actions
-        self.epochs = epochs
+        self.iterations = iterations
         self.learning_rate = learning_rate
+        self.max_depth = max_depth
         self.seed = seed
-        self.scaler_ = preprocessing.StandardScaler()
-        self.model_ = linear_model.SoftmaxRegression(optimizer=optim.SGD(learning_rate))
+        self.vectorizer_ = DictVectorizer(sparse=False)
+        self.model_: HistGradientBoostingClassifier | None = None
+        self.only_label_: int | None = None
 
     def fit(self, features: Sequence[dict[str, float]], labels: np.ndarray) -> None:
-        for x in features:
-            self.scaler_.learn_one(dict(x))
-        scaled = [self.scaler_.transform_one(dict(x)) for x in features]
-        rng = np.random.default_rng(self.seed)
-        for _ in range(self.epochs):
-            for i in rng.permutation(len(scaled)):
-                self.model_.learn_one(scaled[i], int(labels[i]))
+        x = self.vectorizer_.fit_transform(features)
+        labels = np.asarray(labels, dtype=np.int64)
+        if len(np.unique(labels)) < 2:
+            # Boosting needs two classes. With one label seen, every question gets that label.
+            self.only_label_ = int(labels[0])
+            return
+        self.model_ = HistGradientBoostingClassifier(
+            max_iter=self.iterations,
+            learning_rate=self.learning_rate,
+            max_depth=self.max_depth,
+            random_state=self.seed,
+        )
+        with threadpool_limits(limits=1):
+            self.model_.fit(x, labels)
 
     def predict_proba(self, features: Sequence[dict[str, float]]) -> np.ndarray:
         """Return ``(n, n_actions)`` probabilities; actions never seen in training get 0."""
         out = np.zeros((len(features), self.n_actions))
-        for i, x in enumerate(features):
-            proba = self.model_.predict_proba_one(self.scaler_.transform_one(dict(x)))
-            for label, p in proba.items():
-                out[i, int(label)] = p
+        if self.model_ is None:
+            out[:, self.only_label_ or 0] = 1.0
+            return out
+        with threadpool_limits(limits=1):
+            proba = self.model_.predict_proba(self.vectorizer_.transform(features))
+        out[:, self.model_.classes_] = proba
         return out
 
 
-def blend_with_uniform(proba: np.ndarray, uniform: np.ndarray, guard: float) -> np.ndarray:
-    """Scores of the guarded classifier: log of ``(1 - guard) * proba + guard * uniform``.
+def class_curves(labels: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
+    """Return the mean accuracy curve of the training questions of each oracle action.
 
-    ``uniform`` is the action distribution of uniform allocation at the budget; ``guard = 1``
-    gives every question the same scores, so the price reduces the policy to uniform allocation.
+    Row ``c`` is the mean of ``accuracy`` over the questions labelled ``c``. An action that labels
+    no training question gets the mean curve of all of them.
+
+    >>> class_curves(np.array([0, 1, 1]), np.array([[1.0, 1.0], [0.2, 0.6], [0.4, 0.8]])).round(2)
+    array([[1. , 1. ],
+           [0.3, 0.7]])
     """
-    mixed = (1 - guard) * proba + guard * uniform[None, :]
-    return np.log(np.maximum(mixed, _FLOOR))
+    curves = np.tile(accuracy.mean(axis=0), (accuracy.shape[1], 1))
+    for c in np.unique(labels):
+        curves[c] = accuracy[labels == c].mean(axis=0)
+    return curves
+
+
+def guarded_scores(expected: np.ndarray, prior: np.ndarray, guard: float) -> np.ndarray:
+    """Return the guarded classifier's scores, ``(1 - guard) * expected + guard * prior``.
+
+    ``expected`` is each question's expected accuracy per action under the classifier's
+    belief (its probabilities times `class_curves`); ``prior`` is the mean accuracy curve of
+    the training questions. ``guard = 1`` gives every question that mean curve, so the price
+    reduces the policy to uniform allocation (mixing the actions on the curve's concave hull
+    where the curve is not concave).
+    """
+    return (1 - guard) * expected + guard * prior[None, :]

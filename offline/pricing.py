@@ -53,37 +53,26 @@ class PriceRule:
     split: float
 
     @classmethod
-    def calibrate(
-        cls, scores: np.ndarray, cost: np.ndarray, budget: float, allow_negative: bool = False
-    ) -> PriceRule:
+    def calibrate(cls, scores: np.ndarray, cost: np.ndarray, budget: float) -> PriceRule:
         """Find the rule that spends ``budget`` on these questions.
 
-        With ``allow_negative=False`` the price stays at zero or above, so a policy whose own
-        choices cost less than ``budget`` spends less (the budget is a ceiling). Scores that are
-        not accuracies, such as a classifier's log-probabilities, need ``allow_negative=True``
-        to be pushed towards dearer actions.
+        The price stays at zero or above, so a policy whose own choices cost less than
+        ``budget`` spends less: the budget is a ceiling.
         """
         cheapest = float(cost[:, 0].mean())
         if budget <= cheapest:
             return cls(float("inf"), 0.0)
-        shift = 0.0
-        if allow_negative:
-            # Adding shift * cost makes the dearest action win at price zero, so the solve
-            # below finds a non-negative price for the shifted scores.
-            steps = np.diff(cost, axis=1)
-            smallest_step = float(steps[steps > 0].min()) if np.any(steps > 0) else 1.0
-            shift = float(np.ptp(scores)) / smallest_step + 1.0
-        solution = solve(scores + shift * cost, cost, budget)
+        solution = solve(scores, cost, budget)
         tied = solution.split > 0
         split = float(solution.split[tied][0]) if tied.any() else 0.0
-        return cls(solution.lambda_ - shift, split)
+        return cls(solution.lambda_, split)
 
     def apply(self, scores: np.ndarray, cost: np.ndarray) -> Allocation:
         """Decide for other questions; those tied at the price take the dearer action w.p. split."""
         if not np.isfinite(self.lambda_):
             first = np.zeros(len(scores), dtype=np.int64)
             return Allocation(first, first, np.zeros(len(scores)))
-        # The absolute floor covers the rounding left by calibrating on shifted scores.
+        # The absolute floor keeps a tie at price zero a tie.
         margin = max(_TIE * abs(self.lambda_), 1e-12)
         # np.argmax keeps the first maximum, so ties go to the cheaper action.
         cheap = np.argmax(scores - (self.lambda_ + margin) * cost, axis=1)

@@ -22,15 +22,16 @@ def _markdown(report: dict[str, Any], curve: list[dict[str, Any]], source: str) 
         f"about {report['n_train']} training and {report['n_test']} test questions per fold.",
         "",
         "| method | accuracy | spread over folds | mean cost | gain over uniform | "
-        "share of the oracle's gain |",
-        "|---|---|---|---|---|---|",
+        "share of the oracle's gain | folds above uniform |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in METHODS:
         m = methods[name]
         kept = "n/a" if m["oracle_gain_kept"] is None else f"{m['oracle_gain_kept']:.1%}"
         lines.append(
             f"| {name} | {m['accuracy']:.4f} | {m['accuracy_std']:.4f} | {m['mean_cost']:.3f} | "
-            f"{m['gain_over_uniform']:+.4f} | {kept} |"
+            f"{m['gain_over_uniform']:+.4f} | {kept} | "
+            f"{m['folds_above_uniform']}/{report['folds']} |"
         )
     lines += [
         "",

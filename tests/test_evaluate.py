@@ -16,7 +16,7 @@ from online.samples import Question, Sample, read_samples, write_samples
 
 pytestmark = pytest.mark.timeout(600)
 
-FAST = EvaluationSettings(folds=3, inner_folds=2, value_epochs=5, classifier_epochs=5)
+FAST = EvaluationSettings(folds=3, inner_folds=2, value_epochs=5, classifier_iterations=20)
 
 
 def synthetic_questions(n: int = 240, seed: int = 11) -> list[Question]:
@@ -80,6 +80,19 @@ def test_sequential_spends_budget_and_beats_learned(svamp_reports: dict) -> None
     assert report["sequential_cost_with_training_price"] == pytest.approx(3.0, rel=0.1)
 
 
+def test_learned_policies_beat_uniform_on_all_of_svamp() -> None:
+    """The published svamp figure at budget 3, with the command's default settings."""
+    report = evaluate(load_dataset("svamp"), [3.0])[3.0]
+    methods = report["methods"]
+    assert methods["oracle"]["mean_cost"] == pytest.approx(3.0, rel=0.005)
+    for name in ("learned", "learned-value"):
+        assert methods[name]["mean_cost"] == pytest.approx(3.0, rel=0.02), name
+        assert methods[name]["accuracy"] > methods["uniform"]["accuracy"], name
+    for name in BEFORE_SAMPLING:
+        assert methods["oracle"]["accuracy"] > methods[name]["accuracy"], name
+    assert report["regret"] <= report["regret_bound"]
+
+
 def test_regret_bound_holds(svamp_reports: dict) -> None:
     report = svamp_reports[3.0]
     assert report["regret"] >= -1e-12
@@ -105,7 +118,9 @@ def test_unseen_samples_file_policies_hold() -> None:
         uniform = methods["uniform"]["accuracy"]
         for name in ("learned", "learned-value"):
             assert methods[name]["accuracy"] >= uniform - 0.01, (budget, name)
-        assert methods["sequential"]["accuracy"] > methods["learned"]["accuracy"], budget
+        # Here difficulty follows the text closely, so the classifier does well; the sequential
+        # policy, which sees the samples disagree, still beats spending the same everywhere.
+        assert methods["sequential"]["accuracy"] > uniform, budget
         assert report["regret"] <= report["regret_bound"] + 1e-12
 
 
@@ -174,21 +189,40 @@ def test_cli_reports_malformed_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize("guard", [0.0, 0.5, 0.9, 1.0])
 @pytest.mark.parametrize("budget", [2.0, 4.0, 7.0])
 def test_price_rule_spends_budget_for_classifier_scores(guard: float, budget: float) -> None:
-    from offline.learners import blend_with_uniform
+    from offline.learners import class_curves, guarded_scores
     from offline.pricing import PriceRule
 
     rng = np.random.default_rng(0)
     proba = rng.dirichlet(np.ones(5) * 0.5, size=200)
+    accuracy = np.sort(rng.uniform(size=(300, 5)), axis=1)
+    curves = class_curves(rng.integers(0, 5, size=300), accuracy)
     cost = np.tile([1.0, 3.0, 5.0, 9.0, 15.0], (200, 1))
-    mean = cost[0]
-    j = int(np.searchsorted(mean, budget, side="right")) - 1
-    uniform = np.zeros(5)
-    theta = (budget - mean[j]) / (mean[j + 1] - mean[j])
-    uniform[j], uniform[j + 1] = 1 - theta, theta
-    scores = blend_with_uniform(proba, uniform, guard)
-    rule = PriceRule.calibrate(scores, cost, budget, allow_negative=True)
-    spent = rule.apply(scores, cost).expected(cost).mean()
-    assert spent == pytest.approx(budget, rel=1e-9)
+    # A strictly concave prior, so that guard 1 is uniform allocation exactly.
+    prior = np.array([0.5, 0.6, 0.65, 0.7, 0.72])
+    scores = guarded_scores(proba @ curves, prior, guard)
+    allocation = PriceRule.calibrate(scores, cost, budget).apply(scores, cost)
+    assert allocation.expected(cost).mean() == pytest.approx(budget, rel=1e-9)
+    if guard == 1.0:
+        j = int(np.searchsorted(cost[0], budget, side="right")) - 1
+        chosen = np.concatenate([allocation.cheap, allocation.dear[allocation.weight > 0]])
+        assert set(chosen.tolist()) <= {j, j + 1}
+
+
+def test_class_curves_fill_unseen_actions_with_the_mean() -> None:
+    from offline.learners import class_curves
+
+    accuracy = np.array([[0.2, 0.4, 0.9], [0.6, 0.8, 0.9]])
+    curves = class_curves(np.array([2, 2]), accuracy)
+    assert curves[2].tolist() == pytest.approx([0.4, 0.6, 0.9])
+    assert curves[0].tolist() == pytest.approx(accuracy.mean(axis=0).tolist())
+
+
+def test_oracle_classifier_with_one_label_predicts_it() -> None:
+    from offline.learners import OracleClassifier
+
+    clf = OracleClassifier(n_actions=4)
+    clf.fit([{"x": float(i)} for i in range(10)], np.full(10, 3))
+    assert clf.predict_proba([{"x": 0.5}, {"y": 1.0}]).tolist() == [[0, 0, 0, 1.0]] * 2
 
 
 def test_export_holdout_splits_a_set(tmp_path: Path) -> None:
