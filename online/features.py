@@ -63,7 +63,9 @@ def question_features(text: str, meta: Mapping[str, Any] | None = None) -> dict[
     level = (meta or {}).get("level")
     if isinstance(level, int | float) and not isinstance(level, bool):
         features["level"] = float(level)
-    for word in set(words):
+    # Set order depends on the string hash seed of the process. Sorting makes the order of the
+    # keys, and of any sum over them, the same in every process.
+    for word in sorted(set(words)):
         key = _bucket_key(word)
         features[key] = features.get(key, 0.0) + 1.0
     return features

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -24,6 +27,22 @@ def test_features_are_stable_and_finite() -> None:
     assert all(np.isfinite(v) for v in first.values())
     assert first["numbers"] == 3.0
     assert question_features(text, {"level": 4})["level"] == 4.0
+
+
+def test_feature_order_ignores_hash_seed() -> None:
+    # Sums over the features in key order must not change from one process to the next.
+    code = (
+        "from online.features import question_features; "
+        "print(list(question_features('Tom has 3 red apples, gives Ann 2 and buys 9 more.')))"
+    )
+    orders = set()
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        result = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        orders.add(result.stdout)
+    assert len(orders) == 1
 
 
 def test_policy_predictions_are_monotone_and_bounded() -> None:
