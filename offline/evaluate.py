@@ -446,6 +446,8 @@ def evaluate(
             "seed": settings.seed,
             "lambda_star": oracle_all.lambda_,
             "budget_binding": oracle_all.binding,
+            "capped_questions": int((table.available < settings.actions.max_samples).sum()),
+            "fewest_samples": int(table.available.min()),
         }
         report.update(_summarise(per_budget[budget], budget))
         full[budget] = report

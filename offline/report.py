@@ -20,6 +20,14 @@ def _markdown(report: dict[str, Any], curve: list[dict[str, Any]], source: str) 
         f"Samples: {source}; {report['questions']} questions, actions {report['actions']}, "
         f"{report['folds']}-fold cross-validation (seed {report['seed']}), "
         f"about {report['n_train']} training and {report['n_test']} test questions per fold.",
+    ]
+    if report.get("capped_questions"):
+        lines.append(
+            f"{report['capped_questions']} questions have fewer than {max(report['actions'])} "
+            f"samples (the fewest: {report['fewest_samples']}). An action that asks for more "
+            "draws all of them and costs no more."
+        )
+    lines += [
         "",
         "| method | accuracy | spread over folds | mean cost | gain over uniform | "
         "share of the oracle's gain | folds above uniform |",
@@ -41,8 +49,9 @@ def _markdown(report: dict[str, Any], curve: list[dict[str, Any]], source: str) 
         f"(unguarded classifier: {report['imitation_accuracy_unguarded']:.4f}).",
         f"Lagrangian regret of `learned`: {report['regret']:.5f}; bound "
         f"(1 - imitation accuracy) x max gap = {report['regret_bound']:.5f}.",
-        f"Guard towards uniform chosen per fold (`learned`): {report['guards']}; "
-        f"shrinkage per fold (`learned-value`): {report['shrinkages']}.",
+        f"Guard per fold (`learned`, 1 = the mean accuracy curve for every question): "
+        f"{report['guards']}; shrinkage per fold (`learned-value`, 0 = the mean curve): "
+        f"{report['shrinkages']}. The mean curve gives uniform allocation where it is concave.",
         f"Rounds of backend calls per request: `sequential` {report['rounds']['sequential']:.2f}, "
         f"`early-stop` {report['rounds']['early-stop']:.2f}; every other method makes one call.",
         "`sequential` with the price matched on the training folds instead spends "
@@ -80,15 +89,22 @@ def _plot(curve: list[dict[str, Any]], unit: str, path: Path, title: str) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    budgets = [point["budget"] for point in curve]
+    fig, ax = plt.subplots(figsize=(8.0, 4.2))
     for name in METHODS:
-        ax.plot(budgets, [p["accuracy"][name] for p in curve], marker="o", label=name)
-    ax.set_xlabel(f"budget ({unit} per question)")
+        # Each point sits at what the method spent: the oracle spends less than a budget that
+        # does not bind, and early stopping has no budget, so its points coincide.
+        spent = [p["mean_cost"][name] for p in curve]
+        accuracy = [p["accuracy"][name] for p in curve]
+        if name == "early-stop":
+            label = "early-stop (no budget)"
+            ax.plot(spent[:1], accuracy[:1], marker="*", markersize=12, ls="none", label=label)
+        else:
+            ax.plot(spent, accuracy, marker="o", label=name)
+    ax.set_xlabel(f"mean cost ({unit} per question)")
     ax.set_ylabel("accuracy (held out; oracle in-sample)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

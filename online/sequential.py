@@ -513,14 +513,19 @@ def early_stop_rollout(traj: Trajectories, confidence: float = 0.95) -> Rollout:
 
     After each rung the top answer's share against the runner-up gets a Beta posterior from
     the two counts (Aggarwal et al., EMNLP 2023). The request stops once the top answer leads
-    with probability at least ``confidence``, or at the last rung. Nothing prices the
-    samples, so the cost is whatever the rule spends.
+    with probability at least ``confidence``, at the last rung, or once the question's recorded
+    samples are all drawn. Nothing prices the samples, so the cost is whatever the rule spends.
     """
     n, _, m = traj.code.shape
     top = (traj.code // _CODE) % _CODE
     second = traj.code % _CODE
+    drawn = (traj.code // _CODE**2) % _CODE
     leads = 1.0 - special.betainc(top + 1.0, second + 1.0, 0.5)
-    decisions = np.where(leads >= confidence, STOP, np.arange(1, m + 1)[None, None, :])
+    # A rung past the recorded samples draws nothing, so it is not a round of backend calls.
+    exhausted = drawn >= drawn[:, :, -1:]
+    decisions = np.where(
+        (leads >= confidence) | exhausted, STOP, np.arange(1, m + 1)[None, None, :]
+    )
     decisions[:, :, m - 1] = STOP
     return _run(traj, np.zeros(n, dtype=np.int64), np.array([0]), decisions)
 

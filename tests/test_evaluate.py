@@ -118,8 +118,8 @@ def test_unseen_samples_file_policies_hold() -> None:
         uniform = methods["uniform"]["accuracy"]
         for name in ("learned", "learned-value"):
             assert methods[name]["accuracy"] >= uniform - 0.01, (budget, name)
-        # Here difficulty follows the text closely, so the classifier does well; the sequential
-        # policy, which sees the samples disagree, still beats spending the same everywhere.
+        # Here difficulty follows the text closely, so the classifier does well. The sequential
+        # policy, which counts the votes so far, still beats spending the same everywhere.
         assert methods["sequential"]["accuracy"] > uniform, budget
         assert report["regret"] <= report["regret_bound"] + 1e-12
 
@@ -172,6 +172,10 @@ def test_cli_writes_report_files(tmp_path: Path) -> None:
     markdown = (out / "report.md").read_text()
     assert "| learned-value |" in markdown
     assert "| sequential |" in markdown
+    # Every synthetic question has 12 samples, the last one 4.
+    assert report["capped_questions"] == 60
+    assert report["fewest_samples"] == 4
+    assert "60 questions have fewer than 15 samples (the fewest: 4)" in markdown
     assert (out / "budget_curve.png").stat().st_size > 1000
 
 

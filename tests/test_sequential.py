@@ -143,3 +143,12 @@ def test_early_stop_waits_for_a_confident_lead() -> None:
     assert run.cost[0] == 4.0
     assert run.rounds[0] == 4.0
     assert run.accuracy[0] == 1.0
+
+
+def test_early_stop_ends_when_samples_run_out() -> None:
+    # Three samples that split two to one never give a confident lead. Rungs 4 to 9 draw
+    # nothing more, so they are not rounds.
+    traj = Trajectories.sample([outcome(["a", "a", "b"], {"a"})], RUNGS, orderings=8)
+    run = early_stop_rollout(traj)
+    assert run.cost[0] == 3.0
+    assert run.rounds[0] == 3.0
