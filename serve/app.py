@@ -376,12 +376,17 @@ def _backend_error(exc: BackendError) -> ApiError:
 
 @dataclass
 class _Remembered:
-    """Features, voted answer and sample keys of a finished request, kept for feedback."""
+    """Features, voted answer and sample keys of a finished request, kept for feedback.
+
+    ``learned`` is whether the policy has already trained on the request (a probe, or earlier
+    feedback with an answer), so that one request never trains it twice.
+    """
 
     features: dict[str, float]
     answer: str | None
     keys: list[str | None]
     lambda_: float
+    learned: bool = False
 
 
 _STREAM_BODY = {
@@ -627,11 +632,12 @@ class Gateway:
 
         cost = float(result.billed_samples)
         self._bill(ticket, cost, action.name)
+        learned = False
         if probe:
             self._probes += 1
             if self._settings.learn_from_feedback and self._learner is not None:
-                self._learner.learn_from_probe(features, result.keys, decided_at)
-        remembered = _Remembered(features, result.answer, result.keys, decided_at)
+                learned = bool(self._learner.learn_from_probe(features, result.keys, decided_at))
+        remembered = _Remembered(features, result.answer, result.keys, decided_at, learned)
         self._remember(request_id, remembered)
         logger.debug(
             "request %s: %s, probe %s, cost %s, answer %s",
@@ -768,14 +774,19 @@ class Gateway:
                 f"field 'id': no recent request with id {body.id!r} on this replica",
             )
         correct: bool | None = None
+        learned = False
         if body.correct_answer is not None:
             correct = answers_match(entry.answer, body.correct_answer)
-            if self._settings.learn_from_feedback and self._learner is not None:
-                self._learner.learn_from_gold(
+            learner = self._learner if self._settings.learn_from_feedback else None
+            if learner is not None and not entry.learned:
+                labels = learner.learn_from_gold(
                     entry.features, entry.keys, body.correct_answer, entry.lambda_
                 )
+                # Samples without any readable answer give no labels and train nothing.
+                entry.learned = learned = bool(labels)
         await self._controller.record_feedback.remote(correct)
-        return JSONResponse({"id": body.id, "accepted": True, "correct": correct}, status_code=202)
+        reply = {"id": body.id, "accepted": True, "correct": correct, "learned": learned}
+        return JSONResponse(reply, status_code=202)
 
     @api.get("/v1/budget")
     async def get_budget(self) -> JSONResponse:

@@ -71,7 +71,7 @@ def test_chat_completion_id_takes_feedback(client: openai.OpenAI) -> None:
         body={"id": completion.id, "correct_answer": QUESTION.gold},
         cast_to=object,
     )
-    assert response == {"id": completion.id, "accepted": True, "correct": True}
+    assert response == {"id": completion.id, "accepted": True, "correct": True, "learned": True}
 
 
 @pytest.mark.integration

@@ -250,6 +250,31 @@ async def test_probes_train_policy_and_hold_budget(explore_url: str) -> None:
     assert sum(measured.correct) / len(measured.correct) > 0.8
 
 
+async def test_probe_feedback_does_not_train_twice(explore_url: str) -> None:
+    status, config = await request("PUT", f"{explore_url}/v1/config", {"explore": 0.5})
+    assert status == 200, config
+    await asyncio.sleep(0.5)  # the gateway adopts the rate at its next report
+    question = load_dataset("svamp")[0]
+    probe_id = None
+    # At a rate of 0.5, 20 requests all miss a probe with probability 1e-6.
+    for i in range(20):
+        request_id = f"probe-feedback-{i}"
+        body = {"question": question.question, "id": request_id}
+        status, solved = await request("POST", f"{explore_url}/v1/solve", body)
+        assert status == 200, solved
+        if solved["probe"]:
+            probe_id = request_id
+            break
+    assert probe_id is not None
+    status, payload = await request(
+        "POST", f"{explore_url}/v1/feedback", {"id": probe_id, "correct_answer": question.gold}
+    )
+    assert status == 202, payload
+    assert payload["correct"] is True
+    # The probe trained the policy on its own majority already.
+    assert payload["learned"] is False
+
+
 async def test_stream_holds_budget_then_retarget(service_url: str) -> None:
     questions = load_dataset("svamp")
     first = await stream_questions(questions[:400], service_url, concurrency=8, progress=False)
@@ -351,12 +376,21 @@ async def test_feedback(service_url: str) -> None:
     )
     assert status == 202, payload
     assert payload["correct"] == (solved["answer"] == "51")
+    assert payload["learned"] is True
     _, after = await request("GET", f"{service_url}/v1/stats")
     assert after["feedback"]["with_answer"] == before["feedback"]["with_answer"] + 1
 
     status, payload = await request("POST", f"{service_url}/v1/feedback", {"id": "fb-1"})
     assert status == 202
     assert payload["correct"] is None
+    assert payload["learned"] is False
+
+    # The same answer again is counted but does not train the policy a second time.
+    status, payload = await request(
+        "POST", f"{service_url}/v1/feedback", {"id": "fb-1", "correct_answer": QUESTION.gold}
+    )
+    assert status == 202, payload
+    assert payload["learned"] is False
 
 
 def test_locust_smoke(service_url: str, tmp_path) -> None:
