@@ -176,6 +176,9 @@ def test_cli_writes_report_files(tmp_path: Path) -> None:
     assert report["capped_questions"] == 60
     assert report["fewest_samples"] == 4
     assert "60 questions have fewer than 15 samples (the fewest: 4)" in markdown
+    # Early stopping has no budget, so the curve table gives its cost beside its accuracy.
+    early = report["curve"][0]["mean_cost"]["early-stop"]
+    assert f"({early:.2f})" in markdown
     assert (out / "budget_curve.png").stat().st_size > 1000
 
 
