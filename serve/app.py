@@ -19,6 +19,7 @@ import contextlib
 import logging
 import math
 import os
+import random
 import time
 import uuid
 import zlib
@@ -389,6 +390,11 @@ class _Remembered:
     learned: bool = False
 
 
+_STREAM_RETRY_FIRST_S = 0.05
+"""First wait of a stream record that the worker pool turned away as overloaded."""
+_STREAM_RETRY_LONGEST_S = 2.0
+"""Maximum wait between two tries of such a record."""
+
 _STREAM_BODY = {
     "requestBody": {
         "required": True,
@@ -552,17 +558,35 @@ class Gateway:
         return RecordStreamResponse(encode_results(results, media_type), media_type=media_type)
 
     async def _solve_record(self, record: StreamRecord, line: int) -> dict[str, Any]:
-        """Return a stream record's result: a ``/v1/solve`` body with ``line``, or its error."""
-        try:
-            solved = await self._solve("stream", record.question, record.id, record.metadata)
-        except ApiError as exc:
-            return error_result(record.id, line, exc)
-        except Exception:
-            logger.exception("stream record %s (line %d) failed", record.id, line)
-            error = ApiError(500, "internal_error", "internal error; see the service log")
-            return error_result(record.id, line, error)
-        solved["line"] = line
-        return solved
+        """Return a stream record's result: a ``/v1/solve`` body with ``line``, or its error.
+
+        A record that the worker pool turns away as ``overloaded`` was sent nowhere and billed
+        nothing, so it waits and tries again, with doubling jittered delays, until
+        ``backend.deadline_s`` has passed. The stream then slows down instead of failing
+        records while other traffic fills the pool.
+        """
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self._settings.backend.deadline_s
+        delay_s = _STREAM_RETRY_FIRST_S
+        while True:
+            try:
+                solved = await self._solve("stream", record.question, record.id, record.metadata)
+            except ApiError as exc:
+                wait_s = delay_s * random.uniform(0.5, 1.5)
+                if exc.kind != "overloaded" or loop.time() + wait_s > give_up_at:
+                    return error_result(record.id, line, exc)
+                logger.debug(
+                    "stream record %s (line %d) waits %.2f s: %s", record.id, line, wait_s, exc
+                )
+                await asyncio.sleep(wait_s)
+                delay_s = min(2 * delay_s, _STREAM_RETRY_LONGEST_S)
+                continue
+            except Exception:
+                logger.exception("stream record %s (line %d) failed", record.id, line)
+                error = ApiError(500, "internal_error", "internal error; see the service log")
+                return error_result(record.id, line, error)
+            solved["line"] = line
+            return solved
 
     @api.get("/v1/models")
     async def models(self) -> JSONResponse:

@@ -81,6 +81,35 @@ async def test_overload_answered_with_503(tight_service_url: str) -> None:
     assert elapsed_s < 10
 
 
+async def test_stream_waits_for_a_full_worker_pool(tight_service_url: str) -> None:
+    # Two requests fill the pool's one call slot and one waiting place. The stream's four
+    # records, sent after them, are turned away at first, wait, and try again.
+    body = "".join(
+        json.dumps({"id": f"wait-{i}", "question": q.question}) + "\n"
+        for i, q in enumerate(QUESTIONS[3:7])
+    )
+    headers = {"Content-Type": "application/x-ndjson"}
+
+    async def blocker(session: aiohttp.ClientSession, i: int) -> int:
+        await asyncio.sleep(0.05 * i)
+        status, _, _ = await solve(session, tight_service_url, QUESTIONS[i].question)
+        return status
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        status, _, text = await solve(session, tight_service_url, QUESTIONS[0].question)
+        assert status == 200, text
+        blockers = [asyncio.create_task(blocker(session, i)) for i in (1, 2)]
+        await asyncio.sleep(0.2)
+        async with session.post(
+            f"{tight_service_url}/v1/stream", data=body, headers=headers
+        ) as response:
+            assert response.status == 200
+            results = [json.loads(line) async for line in response.content if line.strip()]
+        assert await asyncio.gather(*blockers) == [200, 200]
+    assert sorted(r["id"] for r in results) == [f"wait-{i}" for i in range(4)]
+    assert all("error" not in r for r in results), results
+
+
 async def test_service_recovers_after_overload(tight_service_url: str) -> None:
     async with aiohttp.ClientSession() as session:
         status, _, text = await solve(session, tight_service_url, QUESTIONS[0].question)
