@@ -211,6 +211,7 @@ class SamplerPool:
         self._session: aiohttp.ClientSession | None = None
         self._semaphore = asyncio.Semaphore(settings.max_concurrency)
         self._queued = 0
+        self._calls_in_flight = 0
 
     async def start(self) -> None:
         headers = {"Content-Type": "application/json"}
@@ -248,8 +249,13 @@ class SamplerPool:
         return payload
 
     def _check_queue(self) -> None:
-        """Raise `PoolOverloaded` when every slot is taken and ``max_queued`` requests wait."""
-        if self._semaphore.locked() and self._queued >= self.settings.max_queued:
+        """Raise `PoolOverloaded` when waiting requests fill the free slots and ``max_queued``.
+
+        Requests admitted in one event-loop step have not taken a slot yet, so they count as
+        waiting. A burst into an idle pool thus gets ``max_concurrency + max_queued`` places.
+        """
+        free = self.settings.max_concurrency - self._calls_in_flight
+        if self._queued >= free + self.settings.max_queued:
             raise PoolOverloaded(
                 f"{self._queued} requests are waiting for one of "
                 f"{self.settings.max_concurrency} backend call slots",
@@ -298,11 +304,13 @@ class SamplerPool:
             await asyncio.wait_for(self._semaphore.acquire(), timeout_s)
         finally:
             self._leave_queue(admission)
+        self._calls_in_flight += 1
         try:
             timeout = aiohttp.ClientTimeout(total=max(timeout_s - (loop.time() - started), 0.001))
             async with self._session.post(url, json=payload, timeout=timeout) as response:
                 return response.status, dict(response.headers), await response.read()
         finally:
+            self._calls_in_flight -= 1
             self._semaphore.release()
 
     async def _call(self, payload: dict[str, Any], admission: _Admission) -> _Reply:

@@ -301,6 +301,34 @@ async def test_full_pool_queue_rejects_at_once() -> None:
         await runner.cleanup()
 
 
+async def test_idle_pool_burst_admits_slots_and_queue() -> None:
+    # Five requests in one event-loop step, none holding a slot yet: one slot and one waiting
+    # place admit two, and the other three are rejected at once.
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        await release.wait()
+        body = {"choices": [{"message": {"content": "The answer is 7."}}], "usage": {}}
+        return web.json_response(body)
+
+    runner, url = await start_server(slow)
+    pool = SamplerPool(BackendSettings(base_url=url, max_concurrency=1, max_queued=1))
+    await pool.start()
+    try:
+        burst = [asyncio.create_task(pool.sample(f"q{i}", 1)) for i in range(5)]
+        await asyncio.sleep(0.1)
+        release.set()
+        outcomes = await asyncio.gather(*burst, return_exceptions=True)
+    finally:
+        release.set()
+        await pool.close()
+        await runner.cleanup()
+    rejected = [o for o in outcomes if isinstance(o, PoolOverloaded)]
+    answered = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(rejected) == 3
+    assert [o.answer for o in answered] == ["7", "7"]
+
+
 async def test_retries_log_no_prompt_or_key(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
