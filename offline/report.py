@@ -21,7 +21,7 @@ def _markdown(report: dict[str, Any], curve: list[dict[str, Any]], source: str) 
         f"{report['folds']}-fold cross-validation (seed {report['seed']}), "
         f"about {report['n_train']} training and {report['n_test']} test questions per fold.",
     ]
-    if report.get("capped_questions"):
+    if report["capped_questions"]:
         lines.append(
             f"{report['capped_questions']} questions have fewer than {max(report['actions'])} "
             f"samples (the fewest: {report['fewest_samples']}). An action that asks for more "

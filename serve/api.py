@@ -109,7 +109,7 @@ class SolveRequest(BaseModel):
         return value
 
 
-class StreamRecord(BaseModel):
+class StreamRecord(SolveRequest):
     """One record of ``POST /v1/stream``: a `SolveRequest` whose ``id`` is required.
 
     ``metadata`` may also be sent as ``meta``, its name in samples files, so that the output of
@@ -117,26 +117,14 @@ class StreamRecord(BaseModel):
     ignored.
     """
 
-    model_config = ConfigDict(extra="ignore")
-
     id: str = Field(
         ..., min_length=1, max_length=200, description="client id, echoed in the record's result"
-    )
-    question: str = Field(
-        ..., min_length=1, max_length=MAX_QUESTION_CHARS, description="the question text"
     )
     metadata: dict[str, Any] | None = Field(
         None,
         validation_alias=AliasChoices("metadata", "meta"),
         description="optional hints, such as a MATH 'level' from 1 to 5",
     )
-
-    @field_validator("question")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must contain a non-space character")
-        return value
 
 
 class FeedbackRequest(BaseModel):

@@ -659,8 +659,9 @@ class Gateway:
         learned = False
         if probe:
             self._probes += 1
-            if self._settings.learn_from_feedback and self._learner is not None:
-                learned = bool(self._learner.learn_from_probe(features, result.keys, decided_at))
+            learner = self._training_learner()
+            if learner is not None:
+                learned = bool(learner.learn_from_probe(features, result.keys, decided_at))
         remembered = _Remembered(features, result.answer, result.keys, decided_at, learned)
         self._remember(request_id, remembered)
         logger.debug(
@@ -779,6 +780,10 @@ class Gateway:
             # Nothing was billed, so the reservation is withdrawn, not completed at cost 0.
             self._price.cancel(ticket)
 
+    def _training_learner(self) -> Learner | None:
+        """Return the learner when this gateway trains the policy on probes and feedback."""
+        return self._learner if self._settings.learn_from_feedback else None
+
     def _remember(self, request_id: str, entry: _Remembered) -> None:
         if self._settings.feedback_memory == 0:
             return
@@ -801,7 +806,7 @@ class Gateway:
         learned = False
         if body.correct_answer is not None:
             correct = answers_match(entry.answer, body.correct_answer)
-            learner = self._learner if self._settings.learn_from_feedback else None
+            learner = self._training_learner()
             if learner is not None and not entry.learned:
                 labels = learner.learn_from_gold(
                     entry.features, entry.keys, body.correct_answer, entry.lambda_

@@ -7,6 +7,7 @@ concurrency bound, token prices and the API key staying out of the logs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -274,8 +275,12 @@ async def test_split_calls_stay_within_max_concurrency() -> None:
     assert in_flight["peak"] == 2
 
 
-async def test_split_request_admitted_as_a_whole() -> None:
-    """With one slot and no queue, a request's 5 calls all run; a second request is rejected."""
+@contextlib.asynccontextmanager
+async def gated_split_pool(
+    max_queued: int,
+) -> AsyncIterator[tuple[SamplerPool, asyncio.Event, asyncio.Event]]:
+    """Yield a one-slot pool of ``n: 1`` calls, the event set by the backend's first call, and
+    the event that releases its replies."""
     release = asyncio.Event()
     arrived = asyncio.Event()
 
@@ -285,10 +290,22 @@ async def test_split_request_admitted_as_a_whole() -> None:
         return reply()
 
     runner, url = await start_server(gated)
-    settings = BackendSettings(base_url=url, honours_n=False, max_concurrency=1, max_queued=0)
+    settings = BackendSettings(
+        base_url=url, honours_n=False, max_concurrency=1, max_queued=max_queued
+    )
     pool = SamplerPool(settings)
     await pool.start()
     try:
+        yield pool, arrived, release
+    finally:
+        release.set()
+        await pool.close()
+        await runner.cleanup()
+
+
+async def test_split_request_admitted_as_a_whole() -> None:
+    """With one slot and no queue, a request's 5 calls all run; a second request is rejected."""
+    async with gated_split_pool(max_queued=0) as (pool, arrived, release):
         first = asyncio.create_task(pool.sample("q", 5, seed=1))
         await asyncio.wait_for(arrived.wait(), 5)
         with pytest.raises(PoolOverloaded, match="waiting"):
@@ -296,10 +313,6 @@ async def test_split_request_admitted_as_a_whole() -> None:
         release.set()
         result = await first
         after = await pool.sample("q", 2, seed=3)
-    finally:
-        release.set()
-        await pool.close()
-        await runner.cleanup()
     assert result.samples_used == 5
     assert after.samples_used == 2
     # The pool's count of waiting requests returns to 0, so no place in the queue leaks.
@@ -307,19 +320,7 @@ async def test_split_request_admitted_as_a_whole() -> None:
 
 
 async def test_cancelled_split_request_frees_queue() -> None:
-    release = asyncio.Event()
-    arrived = asyncio.Event()
-
-    async def gated(request: web.Request) -> web.Response:
-        arrived.set()
-        await release.wait()
-        return reply()
-
-    runner, url = await start_server(gated)
-    settings = BackendSettings(base_url=url, honours_n=False, max_concurrency=1, max_queued=1)
-    pool = SamplerPool(settings)
-    await pool.start()
-    try:
+    async with gated_split_pool(max_queued=1) as (pool, arrived, release):
         task = asyncio.create_task(pool.sample("q", 6, seed=1))
         await asyncio.wait_for(arrived.wait(), 5)
         task.cancel()
@@ -332,10 +333,6 @@ async def test_cancelled_split_request_frees_queue() -> None:
         queued_after_cancel = pool._queued
         release.set()
         result = await pool.sample("q", 3, seed=2)
-    finally:
-        release.set()
-        await pool.close()
-        await runner.cleanup()
     assert queued_after_cancel == 0
     assert result.samples_used == 3
 

@@ -275,54 +275,51 @@ async def test_billed_header_overrides_choices() -> None:
     assert result.billed_samples == 3
 
 
-async def test_full_pool_queue_rejects_at_once() -> None:
+@pytest.fixture
+async def gated_pool() -> AsyncIterator[tuple[SamplerPool, asyncio.Event]]:
+    """A pool with 1 call slot and 1 waiting place, whose backend replies once released."""
     release = asyncio.Event()
 
-    async def slow(request: web.Request) -> web.Response:
+    async def gated(request: web.Request) -> web.Response:
         await release.wait()
         body = {"choices": [{"message": {"content": "The answer is 7."}}], "usage": {}}
         return web.json_response(body)
 
-    runner, url = await start_server(slow)
+    runner, url = await start_server(gated)
     pool = SamplerPool(BackendSettings(base_url=url, max_concurrency=1, max_queued=1))
     await pool.start()
     try:
-        first = asyncio.create_task(pool.sample("first", 1))
-        second = asyncio.create_task(pool.sample("second", 1))
-        await asyncio.sleep(0.1)
-        with pytest.raises(PoolOverloaded, match="waiting"):
-            await pool.sample("third", 1)
-        release.set()
-        assert (await first).answer == "7"
-        assert (await second).answer == "7"
+        yield pool, release
     finally:
         release.set()
         await pool.close()
         await runner.cleanup()
 
 
-async def test_idle_pool_burst_admits_slots_and_queue() -> None:
+async def test_full_pool_queue_rejects_at_once(
+    gated_pool: tuple[SamplerPool, asyncio.Event],
+) -> None:
+    pool, release = gated_pool
+    first = asyncio.create_task(pool.sample("first", 1))
+    second = asyncio.create_task(pool.sample("second", 1))
+    await asyncio.sleep(0.1)
+    with pytest.raises(PoolOverloaded, match="waiting"):
+        await pool.sample("third", 1)
+    release.set()
+    assert (await first).answer == "7"
+    assert (await second).answer == "7"
+
+
+async def test_idle_pool_burst_admits_slots_and_queue(
+    gated_pool: tuple[SamplerPool, asyncio.Event],
+) -> None:
     # Five requests in one event-loop step, none holding a slot yet: one slot and one waiting
     # place admit two, and the other three are rejected at once.
-    release = asyncio.Event()
-
-    async def slow(request: web.Request) -> web.Response:
-        await release.wait()
-        body = {"choices": [{"message": {"content": "The answer is 7."}}], "usage": {}}
-        return web.json_response(body)
-
-    runner, url = await start_server(slow)
-    pool = SamplerPool(BackendSettings(base_url=url, max_concurrency=1, max_queued=1))
-    await pool.start()
-    try:
-        burst = [asyncio.create_task(pool.sample(f"q{i}", 1)) for i in range(5)]
-        await asyncio.sleep(0.1)
-        release.set()
-        outcomes = await asyncio.gather(*burst, return_exceptions=True)
-    finally:
-        release.set()
-        await pool.close()
-        await runner.cleanup()
+    pool, release = gated_pool
+    burst = [asyncio.create_task(pool.sample(f"q{i}", 1)) for i in range(5)]
+    await asyncio.sleep(0.1)
+    release.set()
+    outcomes = await asyncio.gather(*burst, return_exceptions=True)
     rejected = [o for o in outcomes if isinstance(o, PoolOverloaded)]
     answered = [o for o in outcomes if not isinstance(o, BaseException)]
     assert len(rejected) == 3
