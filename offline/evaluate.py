@@ -7,7 +7,7 @@ Methods, each scored on held-out questions except the oracle:
 - ``heuristic``: a difficulty proxy from the question text (`offline.learners.difficulty_scores`).
 - ``learned``: a classifier of the oracle's actions (the learner of Solve-then-Learn, Zhai et
   al., arXiv:2604.14853). Its belief about a question's oracle action gives expected accuracy
-  per action; a guard shrinks that towards the mean curve, and a price sets the spend.
+  per action. A guard shrinks that towards the mean curve, and a price sets the spend.
 - ``learned-value``: predicted accuracy per action and the Lagrangian argmax, with a shrinkage
   guard towards the mean curve.
 - ``sequential``: draws in batches and stops when more samples would not pay at the price

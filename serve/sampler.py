@@ -249,7 +249,7 @@ class SamplerPool:
         return payload
 
     def _check_queue(self) -> None:
-        """Raise `PoolOverloaded` when waiting requests fill the free slots and ``max_queued``.
+        """Raise `PoolOverloaded` when waiting requests fill the free slots and the queue.
 
         Requests admitted in one event-loop step have not taken a slot yet, so they count as
         waiting. A burst into an idle pool thus gets ``max_concurrency + max_queued`` places.

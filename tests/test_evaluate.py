@@ -80,7 +80,7 @@ def test_sequential_spends_budget_and_beats_learned(svamp_reports: dict) -> None
     assert report["sequential_cost_with_training_price"] == pytest.approx(3.0, rel=0.1)
 
 
-def test_learned_policies_beat_uniform_on_all_of_svamp() -> None:
+def test_learned_beats_uniform_on_svamp() -> None:
     """The published svamp figure at budget 3, with the command's default settings."""
     report = evaluate(load_dataset("svamp"), [3.0])[3.0]
     methods = report["methods"]
@@ -215,7 +215,7 @@ def test_price_rule_spends_budget_for_classifier_scores(guard: float, budget: fl
         assert set(chosen.tolist()) <= {j, j + 1}
 
 
-def test_class_curves_fill_unseen_actions_with_the_mean() -> None:
+def test_class_curves_unseen_action_gets_mean() -> None:
     from offline.learners import class_curves
 
     accuracy = np.array([[0.2, 0.4, 0.9], [0.6, 0.8, 0.9]])
@@ -224,7 +224,7 @@ def test_class_curves_fill_unseen_actions_with_the_mean() -> None:
     assert curves[0].tolist() == pytest.approx(accuracy.mean(axis=0).tolist())
 
 
-def test_oracle_classifier_with_one_label_predicts_it() -> None:
+def test_classifier_single_label_predicted() -> None:
     from offline.learners import OracleClassifier
 
     clf = OracleClassifier(n_actions=4)

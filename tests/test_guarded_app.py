@@ -37,7 +37,7 @@ async def burst(url: str, count: int) -> tuple[list[tuple[int, dict, str]], floa
         return replies, time.monotonic() - start
 
 
-async def test_worker_pool_overload_answered_with_json_503(tight_service_url: str) -> None:
+async def test_pool_overload_gets_json_503(tight_service_url: str) -> None:
     # Three requests 50 ms apart, so that Ray Serve's router does not count them together
     # against its queue bound. The first takes the pool's one call slot for 400 ms and the
     # second waits for it, so the pool itself rejects the third.
@@ -81,7 +81,7 @@ async def test_overload_answered_with_503(tight_service_url: str) -> None:
     assert elapsed_s < 10
 
 
-async def test_stream_waits_for_a_full_worker_pool(tight_service_url: str) -> None:
+async def test_stream_waits_for_full_pool(tight_service_url: str) -> None:
     # Two requests fill the pool's one call slot and one waiting place. The stream's four
     # records, sent after them, are turned away at first, wait, and try again.
     body = "".join(

@@ -250,7 +250,7 @@ async def test_probes_train_policy_and_hold_budget(explore_url: str) -> None:
     assert sum(measured.correct) / len(measured.correct) > 0.8
 
 
-async def test_probe_feedback_does_not_train_twice(explore_url: str) -> None:
+async def test_probe_feedback_trains_once(explore_url: str) -> None:
     status, config = await request("PUT", f"{explore_url}/v1/config", {"explore": 0.5})
     assert status == 200, config
     await asyncio.sleep(0.5)  # the gateway adopts the rate at its next report
